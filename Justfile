@@ -1,0 +1,38 @@
+# dracpu task runner. Area recipes live in just/*.just so each area owns its file.
+set shell := ["bash", "-euo", "pipefail", "-c"]
+set positional-arguments
+
+import 'just/rig.just'
+import 'just/proto.just'
+import 'just/bench.just'
+
+venv := justfile_directory() / ".venv"
+py := venv / "bin/python"
+
+# List recipes.
+default:
+    @just --list
+
+# Install Python deps (pinned by uv.lock) into .venv.
+setup:
+    hack/setup.sh
+
+# The main job for now: show this node's CPU topology and the slices dracpu would publish.
+run *ARGS:
+    {{venv}}/bin/dracpu inspect {{ARGS}} topology
+    {{venv}}/bin/dracpu inspect {{ARGS}} slices
+
+# Fast tests (no rig): unit, property and peer tests that need nothing running.
+test-unit *ARGS:
+    {{py}} -m pytest -m "not e2e" "$@"
+
+# Lint: ruff, mypy strict on dracpu/, import contracts, generated code up to date.
+lint:
+    {{venv}}/bin/ruff check dracpu tests bench hack
+    {{venv}}/bin/ruff format --check dracpu tests bench hack
+    {{venv}}/bin/mypy
+    {{venv}}/bin/lint-imports
+
+# Whole test suite: lint, rig, unit + e2e tests, rig down.
+test:
+    hack/test-all.sh

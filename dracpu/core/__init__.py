@@ -1,0 +1,1 @@
+"""The pure core: value types and decisions, no I/O, no clock, no randomness."""

@@ -1,0 +1,52 @@
+"""The one exception tree of dracpu.
+
+Every error carries the offending value and where it came from, so a log line or a gRPC error
+names both. Adapters translate foreign errors into these, re-raising ``from exc``::
+
+    DracpuError
+    ├── InvalidValueError          a bad value from a flag, file, env or API object
+    │   └── CpuSetParseError       a malformed Linux cpu list
+    ├── TopologyError              sysfs is unreadable or inconsistent
+    ├── AllocationError            no CPU set satisfies a request
+    ├── ProtocolError              a peer broke a wire protocol (gRPC, ttrpc, NRI)
+    └── KubeApiError               the Kubernetes API answered with an error Status
+"""
+
+from __future__ import annotations
+
+
+class DracpuError(Exception):
+    """Root of every error dracpu raises on purpose."""
+
+
+class InvalidValueError(DracpuError, ValueError):
+    """A value is malformed or out of range; ``origin`` says where it came from."""
+
+    def __init__(self, message: str, *, value: object = None, origin: str = "") -> None:
+        self.value = value
+        self.origin = origin
+        super().__init__(f"{origin}: {message}" if origin else message)
+
+
+class CpuSetParseError(InvalidValueError):
+    """A Linux cpu list (``0-3,8``) could not be parsed; names the bad token."""
+
+
+class TopologyError(DracpuError):
+    """The CPU topology could not be read from sysfs, or it contradicts itself."""
+
+    def __init__(self, message: str, *, path: str = "") -> None:
+        self.path = path
+        super().__init__(f"{message}: {path}" if path else message)
+
+
+class AllocationError(DracpuError):
+    """No CPU set satisfies a request; the message says why."""
+
+
+class ProtocolError(DracpuError):
+    """A peer violated a wire protocol."""
+
+
+class KubeApiError(DracpuError):
+    """The Kubernetes API server returned an error."""
