@@ -5,6 +5,9 @@ set positional-arguments
 import 'just/rig.just'
 import 'just/proto.just'
 import 'just/bench.just'
+import 'just/kubelet.just'
+import 'just/nri.just'
+import 'just/kube.just'
 
 venv := justfile_directory() / ".venv"
 py := venv / "bin/python"
