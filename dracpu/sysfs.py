@@ -1,0 +1,254 @@
+"""Read a node's CPU topology from a sysfs tree (``/sys`` by default), read-only.
+
+Required files missing → ``TopologyError`` naming the path. Optional ones (caches, clusters,
+hybrid core lists, NUMA nodes, isolation, SMT control, PCIe affinity) degrade to defaults.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from dracpu.core.cpuset import CpuSet
+from dracpu.core.topology import CoreType, CpuInfo, NumaNode, Topology
+from dracpu.errors import CpuSetParseError, TopologyError
+
+DEFAULT_ROOT = Path("/sys")
+NO_CLUSTER = 65535
+"""``cluster_id`` value the kernel reports when the platform has no clusters."""
+
+_CPU_DIR = re.compile(r"cpu(\d+)")
+_NODE_DIR = re.compile(r"node(\d+)")
+_PCI_ROOT = re.compile(r"pci([0-9a-f]{4}):([0-9a-f]{2})")
+
+
+class SysfsReader:
+    """Reads topology facts under one sysfs root (the directory that holds ``devices/``)."""
+
+    def __init__(self, root: Path = DEFAULT_ROOT) -> None:
+        self.root = root
+        self._cpu_dir = root / "devices" / "system" / "cpu"
+        self._node_dir = root / "devices" / "system" / "node"
+        self._known_caches: dict[tuple[int, int], int] = {}
+
+    def read_topology(self) -> Topology:
+        """Read the whole topology; raises ``TopologyError`` naming the first unreadable path."""
+        if not self._cpu_dir.is_dir():
+            raise TopologyError("not a sysfs tree (no CPU directory)", path=str(self._cpu_dir))
+        dirs = self._cpu_dirs()
+        online = self._online(dirs)
+        offline = self._cpulist(self._cpu_dir / "offline", default=CpuSet()) - online
+        present = self._cpulist(self._cpu_dir / "present", default=online | offline)
+        numa_of = self._numa_of_cpus(dirs, online)
+        p_cores = self._cpulist(self.root / "devices" / "cpu_core" / "cpus", default=CpuSet())
+        e_cores = self._cpulist(self.root / "devices" / "cpu_atom" / "cpus", default=CpuSet())
+        hybrid = bool(p_cores) and bool(e_cores)
+        infos: dict[int, CpuInfo] = {}
+        self._known_caches = {}
+        for cpu in online:
+            core_type = CoreType.STANDARD
+            if hybrid:
+                if cpu in p_cores:
+                    core_type = CoreType.PERFORMANCE
+                elif cpu in e_cores:
+                    core_type = CoreType.EFFICIENCY
+            infos[cpu] = self._cpu_info(cpu, dirs[cpu], numa_of.get(cpu, 0), core_type)
+        return Topology(
+            cpus=infos,
+            numa_nodes=self._numa_nodes(),
+            offline=offline,
+            present=present,
+            isolated=self._cpulist(self._cpu_dir / "isolated", default=CpuSet()),
+            smt_control=self._text(self._cpu_dir / "smt" / "control"),
+            pcie_roots=self._pcie_roots(),
+        )
+
+    # CPUs
+
+    def _cpu_dirs(self) -> dict[int, Path]:
+        found: dict[int, Path] = {}
+        for entry in _scandir(self._cpu_dir):
+            m = _CPU_DIR.fullmatch(entry.name)
+            if m and entry.is_dir():
+                found[int(m.group(1))] = Path(entry.path)
+        if not found:
+            raise TopologyError("no cpuN directories", path=str(self._cpu_dir))
+        return found
+
+    def _online(self, dirs: dict[int, Path]) -> CpuSet:
+        listed = self._cpulist_if_present(self._cpu_dir / "online")
+        if listed is not None:
+            return listed
+        # Older kernels: no global list; a CPU without its own ``online`` file cannot go offline.
+        online = []
+        for cpu, path in dirs.items():
+            flag = self._text(path / "online")
+            if flag is None or flag == "1":
+                online.append(cpu)
+        return CpuSet.of(online)
+
+    def _cpu_info(self, cpu: int, path: Path, numa: int, core_type: CoreType) -> CpuInfo:
+        topo = path / "topology"
+        cluster = self._int(topo / "cluster_id", default=None)
+        l2, l3 = self._cache_ids(cpu, path / "cache")
+        return CpuInfo(
+            cpu=cpu,
+            socket=self._required_int(topo / "physical_package_id"),
+            die=self._int(topo / "die_id", default=0) or 0,
+            core_id=self._required_int(topo / "core_id"),
+            numa=numa,
+            cluster=None if cluster in (None, NO_CLUSTER) else cluster,
+            l2=l2,
+            l3=l3,
+            core_type=core_type,
+        )
+
+    def _cache_ids(self, cpu: int, cache_dir: Path) -> tuple[int | None, int | None]:
+        known = self._known_caches
+        if (cpu, 2) in known and (cpu, 3) in known:
+            return known[(cpu, 2)], known[(cpu, 3)]
+        for entry in _scandir(cache_dir):
+            if not entry.name.startswith("index"):
+                continue
+            index = Path(entry.path)
+            level = self._int(index / "level", default=None)
+            if level not in (2, 3) or (cpu, level) in known:
+                continue
+            if self._text(index / "type") not in ("Unified", "Data"):
+                continue
+            shared = self._cpulist(index / "shared_cpu_list", default=CpuSet.of([cpu]))
+            # No id file (old kernels): the lowest CPU sharing the cache names it.
+            cache_id = self._int(index / "id", default=None)
+            if cache_id is None:
+                cache_id = shared.first()
+            for sibling in shared | CpuSet.of([cpu]):
+                known.setdefault((sibling, level), cache_id)
+        return known.get((cpu, 2)), known.get((cpu, 3))
+
+    def _numa_of_cpus(self, dirs: dict[int, Path], online: CpuSet) -> dict[int, int]:
+        numa_of: dict[int, int] = {}
+        for cpu in online:
+            for entry in _scandir(dirs[cpu]):
+                m = _NODE_DIR.fullmatch(entry.name)
+                if m:
+                    numa_of[cpu] = int(m.group(1))
+                    break
+        missing = online - CpuSet.of(numa_of)
+        if missing:
+            # Some trees (and captures) lack the cpuN/nodeM link: fall back to node cpulists.
+            for node_id, path in self._node_dirs().items():
+                for cpu in self._cpulist(path / "cpulist", default=CpuSet()) & missing:
+                    numa_of[cpu] = node_id
+        return numa_of
+
+    # NUMA nodes
+
+    def _node_dirs(self) -> dict[int, Path]:
+        found: dict[int, Path] = {}
+        for entry in _scandir(self._node_dir):
+            m = _NODE_DIR.fullmatch(entry.name)
+            if m and entry.is_dir():
+                found[int(m.group(1))] = Path(entry.path)
+        return dict(sorted(found.items()))
+
+    def _numa_nodes(self) -> tuple[NumaNode, ...]:
+        with_memory = self._cpulist_if_present(self._node_dir / "has_memory")
+        nodes = []
+        for node_id, path in self._node_dirs().items():
+            distances = tuple(int(d) for d in (self._text(path / "distance") or "").split())
+            memory_kib = _meminfo_total_kib(self._text(path / "meminfo"))
+            if with_memory is not None:
+                has_memory = node_id in with_memory
+            else:
+                has_memory = memory_kib is None or memory_kib > 0
+            nodes.append(
+                NumaNode(
+                    id=node_id,
+                    cpus=self._cpulist(path / "cpulist", default=CpuSet()),
+                    has_memory=has_memory,
+                    distances=distances,
+                    memory_kib=memory_kib,
+                )
+            )
+        return tuple(nodes)
+
+    # PCIe
+
+    def _pcie_roots(self) -> dict[str, CpuSet]:
+        roots: dict[str, CpuSet] = {}
+        for entry in _scandir(self.root / "devices"):
+            m = _PCI_ROOT.fullmatch(entry.name)
+            if not m:
+                continue
+            bus = f"{m.group(1)}:{m.group(2)}"
+            affinity = Path(entry.path) / "pci_bus" / bus / "cpulistaffinity"
+            cpus = self._cpulist_if_present(affinity)
+            if cpus is not None:
+                roots[entry.name] = cpus
+        return dict(sorted(roots.items()))
+
+    # File helpers
+
+    def _text(self, path: Path) -> str | None:
+        try:
+            with open(path, "rb") as f:
+                return f.read().decode("ascii", "replace").strip()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise TopologyError(f"cannot read ({exc.strerror})", path=str(path)) from exc
+
+    def _int(self, path: Path, *, default: int | None) -> int | None:
+        text = self._text(path)
+        if text is None or text == "":
+            return default
+        try:
+            return int(text)
+        except ValueError as exc:
+            raise TopologyError(f"not an integer: {text!r}", path=str(path)) from exc
+
+    def _required_int(self, path: Path) -> int:
+        value = self._int(path, default=None)
+        if value is None:
+            raise TopologyError("required file missing", path=str(path))
+        return value
+
+    def _cpulist(self, path: Path, *, default: CpuSet) -> CpuSet:
+        found = self._cpulist_if_present(path)
+        return default if found is None else found
+
+    def _cpulist_if_present(self, path: Path) -> CpuSet | None:
+        text = self._text(path)
+        if text is None:
+            return None
+        try:
+            return CpuSet.parse(text, origin=str(path))
+        except CpuSetParseError as exc:
+            raise TopologyError(str(exc), path=str(path)) from exc
+
+
+def _scandir(path: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(path) as it:
+            return sorted(it, key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as exc:
+        raise TopologyError(f"cannot list ({exc.strerror})", path=str(path)) from exc
+
+
+def _meminfo_total_kib(text: str | None) -> int | None:
+    if not text:
+        return None
+    for line in text.splitlines():
+        if "MemTotal:" in line:
+            fields = line.split("MemTotal:", 1)[1].split()
+            if fields and fields[0].isdigit():
+                return int(fields[0])
+    return None
+
+
+def read_topology(root: Path = DEFAULT_ROOT) -> Topology:
+    """Read the topology under ``root`` (see ``SysfsReader``)."""
+    return SysfsReader(root).read_topology()
