@@ -1,0 +1,191 @@
+"""The DRA node service (``DRAPlugin``) in its ``v1`` and ``v1beta1`` wire versions.
+
+Both versions have the same two RPCs and nearly the same messages (``v1`` adds
+``Device.share_id``). Each version is a thin grpclib service that converts its messages to the
+dataclasses of :mod:`dracpu.kubelet.handler` and calls one shared :class:`ClaimDispatcher`,
+which runs the trio :class:`~dracpu.kubelet.handler.ClaimHandler` and normalises its answer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import trio
+
+from dracpu.kubelet.aio_bridge import run_trio
+from dracpu.kubelet.claims import complete_results, fail_all
+from dracpu.kubelet.handler import (
+    ClaimFailed,
+    ClaimHandler,
+    ClaimPrepared,
+    ClaimRef,
+    PrepareResult,
+    UnprepareResult,
+)
+from generated.k8s.io.kubelet.pkg.apis.dra import v1, v1beta1
+
+_log = logging.getLogger(__name__)
+
+R = TypeVar("R")
+
+# The labels the kubelet understands in PluginInfo.supported_versions (not full service names).
+V1_SERVICE_LABEL = "v1.DRAPlugin"
+V1BETA1_SERVICE_LABEL = "v1beta1.DRAPlugin"
+
+
+class ClaimDispatcher:
+    """Calls the claim handler for both wire versions (trio side of the bridge).
+
+    With ``serialize`` (the default, as in the upstream Go helper) one prepare or unprepare call
+    runs at a time; otherwise the handler must be safe for concurrent calls.
+    """
+
+    def __init__(self, handler: ClaimHandler, *, serialize: bool = True) -> None:
+        self._handler = handler
+        self._lock: trio.Lock | None = trio.Lock() if serialize else None
+
+    async def prepare(self, claims: Sequence[ClaimRef]) -> dict[str, PrepareResult]:
+        """Prepare a batch (called from asyncio); one result per requested claim UID.
+
+        Cancellation: cancelling the asyncio caller (kubelet deadline, connection lost, server
+        stopping) cancels the trio handler call; nothing is returned.
+        """
+        return await run_trio(self._call, self._handler.prepare, claims, "NodePrepareResources")
+
+    async def unprepare(self, claims: Sequence[ClaimRef]) -> dict[str, UnprepareResult]:
+        """Unprepare a batch (called from asyncio); one result per requested claim UID.
+
+        Cancellation: as for :meth:`prepare`.
+        """
+        return await run_trio(self._call, self._handler.unprepare, claims, "NodeUnprepareResources")
+
+    async def _call(
+        self,
+        method: Callable[[Sequence[ClaimRef]], Awaitable[Mapping[str, R | ClaimFailed]]],
+        claims: Sequence[ClaimRef],
+        operation: str,
+    ) -> dict[str, R | ClaimFailed]:
+        if not claims:
+            return {}
+        try:
+            if self._lock is None:
+                results = await method(claims)
+            else:
+                async with self._lock:
+                    results = await method(claims)
+        except Exception as exc:
+            _log.exception("%s failed for %d claim(s)", operation, len(claims))
+            return dict(fail_all(claims, f"{operation}: {exc}"))
+        complete, unknown = complete_results(claims, results, operation)
+        if unknown:
+            _log.warning(
+                "%s: driver returned results for unrequested claims %s", operation, unknown
+            )
+        return complete
+
+
+def _claim_refs(message: Any) -> list[ClaimRef]:
+    return [ClaimRef(namespace=c.namespace, name=c.name, uid=c.uid) for c in message.claims]
+
+
+def _log_failures(operation: str, results: Mapping[str, object]) -> None:
+    for uid, result in results.items():
+        if isinstance(result, ClaimFailed):
+            _log.warning("%s: claim %s failed: %s", operation, uid, result.error)
+
+
+class DraPluginV1(v1.DraPluginBase):  # type: ignore[misc]  # generated code is untyped
+    """``k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin``, delegating to a :class:`ClaimDispatcher`."""
+
+    def __init__(self, dispatcher: ClaimDispatcher) -> None:
+        self._dispatcher = dispatcher
+
+    async def node_prepare_resources(
+        self, message: v1.NodePrepareResourcesRequest
+    ) -> v1.NodePrepareResourcesResponse:
+        """Prepare the request's claims. Cancellation: cancels the handler call."""
+        results = await self._dispatcher.prepare(_claim_refs(message))
+        _log_failures("NodePrepareResources", results)
+        claims = {}
+        for uid, result in results.items():
+            if isinstance(result, ClaimFailed):
+                claims[uid] = v1.NodePrepareResourceResponse(error=result.error)
+            else:
+                claims[uid] = v1.NodePrepareResourceResponse(devices=_v1_devices(result))
+        return v1.NodePrepareResourcesResponse(claims=claims)
+
+    async def node_unprepare_resources(
+        self, message: v1.NodeUnprepareResourcesRequest
+    ) -> v1.NodeUnprepareResourcesResponse:
+        """Unprepare the request's claims. Cancellation: cancels the handler call."""
+        results = await self._dispatcher.unprepare(_claim_refs(message))
+        _log_failures("NodeUnprepareResources", results)
+        return v1.NodeUnprepareResourcesResponse(
+            claims={
+                uid: v1.NodeUnprepareResourceResponse(
+                    error=result.error if isinstance(result, ClaimFailed) else ""
+                )
+                for uid, result in results.items()
+            }
+        )
+
+
+def _v1_devices(result: ClaimPrepared) -> list[Any]:
+    return [
+        v1.Device(
+            request_names=list(d.request_names),
+            pool_name=d.pool_name,
+            device_name=d.device_name,
+            cdi_device_ids=list(d.cdi_device_ids),
+            share_id=d.share_id,
+        )
+        for d in result.devices
+    ]
+
+
+class DraPluginV1beta1(v1beta1.DraPluginBase):  # type: ignore[misc]  # generated code is untyped
+    """``k8s.io.kubelet.pkg.apis.dra.v1beta1.DRAPlugin`` (no ``share_id``), same dispatcher."""
+
+    def __init__(self, dispatcher: ClaimDispatcher) -> None:
+        self._dispatcher = dispatcher
+
+    async def node_prepare_resources(
+        self, message: v1beta1.NodePrepareResourcesRequest
+    ) -> v1beta1.NodePrepareResourcesResponse:
+        """Prepare the request's claims. Cancellation: cancels the handler call."""
+        results = await self._dispatcher.prepare(_claim_refs(message))
+        _log_failures("NodePrepareResources", results)
+        claims = {}
+        for uid, result in results.items():
+            if isinstance(result, ClaimFailed):
+                claims[uid] = v1beta1.NodePrepareResourceResponse(error=result.error)
+            else:
+                claims[uid] = v1beta1.NodePrepareResourceResponse(
+                    devices=[
+                        v1beta1.Device(
+                            request_names=list(d.request_names),
+                            pool_name=d.pool_name,
+                            device_name=d.device_name,
+                            cdi_device_ids=list(d.cdi_device_ids),
+                        )
+                        for d in result.devices
+                    ]
+                )
+        return v1beta1.NodePrepareResourcesResponse(claims=claims)
+
+    async def node_unprepare_resources(
+        self, message: v1beta1.NodeUnprepareResourcesRequest
+    ) -> v1beta1.NodeUnprepareResourcesResponse:
+        """Unprepare the request's claims. Cancellation: cancels the handler call."""
+        results = await self._dispatcher.unprepare(_claim_refs(message))
+        _log_failures("NodeUnprepareResources", results)
+        return v1beta1.NodeUnprepareResourcesResponse(
+            claims={
+                uid: v1beta1.NodeUnprepareResourceResponse(
+                    error=result.error if isinstance(result, ClaimFailed) else ""
+                )
+                for uid, result in results.items()
+            }
+        )

@@ -1,0 +1,145 @@
+"""Run everything the kubelet talks to: the DRA service socket, then the registration socket.
+
+:func:`serve_kubelet_plugin` is the one entry point the daemon needs. It serves, on the DRA socket,
+``v1.DRAPlugin``, ``v1beta1.DRAPlugin`` (both delegating to one
+:class:`~dracpu.kubelet.handler.ClaimHandler`) and ``v1alpha1.DRAResourceHealth``; only once that
+socket is listening does it create the registration socket, because the kubelet may call the DRA
+service right after ``GetInfo``. On stop the registration socket goes first (the kubelet
+deregisters us) and the DRA socket last.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NoReturn
+
+import trio
+
+from dracpu import DRIVER_NAME
+from dracpu.kubelet.aio_bridge import has_loop, open_loop
+from dracpu.kubelet.dra_service import (
+    V1_SERVICE_LABEL,
+    V1BETA1_SERVICE_LABEL,
+    ClaimDispatcher,
+    DraPluginV1,
+    DraPluginV1beta1,
+)
+from dracpu.kubelet.handler import ClaimHandler
+from dracpu.kubelet.health import (
+    DEFAULT_HEALTH_PERIOD,
+    HEALTH_SERVICE_LABEL,
+    HealthBoard,
+    ResourceHealthService,
+)
+from dracpu.kubelet.paths import DEFAULT_KUBELET_ROOT, PluginPaths
+from dracpu.kubelet.registration import RegistrationService, RegistrationStatusBoard
+from dracpu.kubelet.unix_grpc import serve_unix_grpc
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class KubeletPluginConfig:
+    """How and where to serve the kubelet.
+
+    ``pod_uid`` enables rolling-update socket names (needs kubelet >= 1.33); ``serve_v1`` /
+    ``serve_v1beta1`` choose the DRA service versions offered (the kubelet takes the first one it
+    supports, and ``v1`` is listed first); ``serialize`` runs one prepare/unprepare at a time.
+    """
+
+    driver_name: str = DRIVER_NAME
+    kubelet_root: Path = DEFAULT_KUBELET_ROOT
+    plugin_dir: Path | None = None
+    registry_dir: Path | None = None
+    pod_uid: str | None = None
+    serve_v1: bool = True
+    serve_v1beta1: bool = True
+    health_period: float = DEFAULT_HEALTH_PERIOD
+    serialize: bool = True
+
+    def paths(self) -> PluginPaths:
+        """The socket paths this configuration uses (validates the inputs)."""
+        return PluginPaths.for_driver(
+            self.driver_name,
+            self.kubelet_root,
+            plugin_dir=self.plugin_dir,
+            registry_dir=self.registry_dir,
+            pod_uid=self.pod_uid,
+        )
+
+    def supported_services(self) -> tuple[str, ...]:
+        """The ``supported_versions`` labels announced in GetInfo, in preference order."""
+        labels = []
+        if self.serve_v1:
+            labels.append(V1_SERVICE_LABEL)
+        if self.serve_v1beta1:
+            labels.append(V1BETA1_SERVICE_LABEL)
+        labels.append(HEALTH_SERVICE_LABEL)
+        return tuple(labels)
+
+
+@dataclass(frozen=True, slots=True)
+class RunningPlugin:
+    """Handed to ``nursery.start`` callers once both sockets are listening."""
+
+    paths: PluginPaths
+    supported_services: tuple[str, ...]
+    registration: RegistrationStatusBoard = field(repr=False)
+
+
+async def serve_kubelet_plugin(
+    config: KubeletPluginConfig,
+    handler: ClaimHandler,
+    health: HealthBoard,
+    *,
+    registration: RegistrationStatusBoard | None = None,
+    task_status: trio.TaskStatus[RunningPlugin] = trio.TASK_STATUS_IGNORED,
+) -> NoReturn:
+    """Serve the kubelet until cancelled; use with ``await nursery.start(...)``.
+
+    Opens a trio-asyncio loop unless the caller already runs in one. ``task_status.started``
+    receives a :class:`RunningPlugin` once the DRA socket and then the registration socket are
+    listening. Invalid configuration raises :class:`~dracpu.errors.InvalidValueError` and socket
+    problems :class:`~dracpu.kubelet.errors.KubeletSocketError` before anything is served.
+
+    Cancellation: cancelling the caller's scope stops both servers: the registration socket is
+    removed first, then the DRA socket; in-flight calls are cancelled and every open kubelet
+    connection is closed, so clients see ``UNAVAILABLE``. Returns only by raising.
+    """
+    paths = config.paths()
+    services = config.supported_services()
+    board = registration if registration is not None else RegistrationStatusBoard()
+    dispatcher = ClaimDispatcher(handler, serialize=config.serialize)
+    dra_services: list[object] = []
+    if config.serve_v1:
+        dra_services.append(DraPluginV1(dispatcher))
+    if config.serve_v1beta1:
+        dra_services.append(DraPluginV1beta1(dispatcher))
+    dra_services.append(ResourceHealthService(health, period=config.health_period))
+    registration_service = RegistrationService(
+        driver_name=config.driver_name,
+        endpoint=str(paths.dra_socket),
+        supported_services=services,
+        board=board,
+    )
+    loop_cm = contextlib.nullcontext() if has_loop() else open_loop()
+    async with (
+        loop_cm,
+        serve_unix_grpc(paths.dra_socket, dra_services),
+        serve_unix_grpc(paths.registration_socket, [registration_service]),
+    ):
+        _log.info(
+            "kubelet plugin %s ready: registration %s, DRA %s, services %s",
+            config.driver_name,
+            paths.registration_socket,
+            paths.dra_socket,
+            ", ".join(services),
+        )
+        task_status.started(
+            RunningPlugin(paths=paths, supported_services=services, registration=board)
+        )
+        await trio.sleep_forever()
+    raise AssertionError("unreachable: sleep_forever returned")
