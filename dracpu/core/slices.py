@@ -1,0 +1,233 @@
+"""Describe a node's CPUs as ResourceSlices, exactly as upstream ``dra.cpu`` names them.
+
+Two device modes, matching kubernetes-sigs/dra-driver-cpu so existing claims keep working:
+
+- individual: one device per non-reserved online CPU, ``cpudevNNN`` by position, the SMT
+  siblings of a core consecutive (cores ordered by their lowest CPU);
+- grouped: one consumable-capacity device per NUMA node (``cpudevnumaNNN``), socket
+  (``cpudevsocketNNN``) or the whole machine (``cpudevmachine``), capacity ``dra.cpu/cpu``.
+
+The output is JSON-ready dicts in the resource.k8s.io/v1 wire format. Device names depend only
+on the topology and the reserved set, so they are the same after a restart.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dracpu.core.cpuset import CpuSet
+from dracpu.core.topology import Topology
+from dracpu.errors import InvalidValueError
+
+DRIVER = "dra.cpu"
+API_VERSION = "resource.k8s.io/v1"
+CPU_CAPACITY = "dra.cpu/cpu"
+
+MAX_DEVICES_PER_SLICE = 128
+MAX_DEVICES_PER_SLICE_ADVANCED = 64
+"""Limit when any device uses list-type attributes (or taints / consumesCounters)."""
+MAX_ATTRIBUTES_AND_CAPACITIES = 32
+
+STANDARD_NUMA = "resource.kubernetes.io/numaNode"
+STANDARD_PCIE_ROOT = "resource.kubernetes.io/pcieRoot"
+
+Json = dict[str, Any]
+
+
+class DeviceMode(enum.StrEnum):
+    """How CPUs map to devices."""
+
+    INDIVIDUAL = "individual"
+    GROUPED = "grouped"
+
+
+class GroupBy(enum.StrEnum):
+    """The domain one grouped device stands for."""
+
+    NUMANODE = "numanode"
+    SOCKET = "socket"
+    MACHINE = "machine"
+
+
+@dataclass(frozen=True, slots=True)
+class SliceOptions:
+    """What to publish for one node."""
+
+    node_name: str
+    reserved: CpuSet = CpuSet()  # noqa: RUF009 (immutable value)
+    mode: DeviceMode = DeviceMode.INDIVIDUAL
+    group_by: GroupBy = GroupBy.NUMANODE
+    expose_pcie_roots: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CpuDevice:
+    """One published device and the CPUs it stands for."""
+
+    name: str
+    cpus: CpuSet
+
+
+def cpu_devices(topology: Topology, options: SliceOptions) -> list[CpuDevice]:
+    """The devices of the node in publishing order; prepare uses this to map names to CPUs."""
+    allocatable = topology.online - options.reserved
+    if options.mode is DeviceMode.INDIVIDUAL:
+        groups = sorted(
+            (core & allocatable for core in topology.cores.values() if core & allocatable),
+            key=CpuSet.first,
+        )
+        cpus = [cpu for group in groups for cpu in group]
+        return [CpuDevice(f"cpudev{i:03d}", CpuSet.of([cpu])) for i, cpu in enumerate(cpus)]
+    if options.group_by is GroupBy.MACHINE:
+        return [CpuDevice("cpudevmachine", allocatable)] if allocatable else []
+    if options.group_by is GroupBy.SOCKET:
+        domains, prefix = topology.sockets, "cpudevsocket"
+    else:
+        domains, prefix = topology.numas, "cpudevnuma"
+    return [
+        CpuDevice(f"{prefix}{domain_id:03d}", cpus & allocatable)
+        for domain_id, cpus in sorted(domains.items())
+        if cpus & allocatable
+    ]
+
+
+def build_devices(topology: Topology, options: SliceOptions) -> list[Json]:
+    """The ``spec.devices`` entries of every slice of the node, in order."""
+    devices = cpu_devices(topology, options)
+    if options.mode is DeviceMode.INDIVIDUAL:
+        built = [_individual(topology, d, options) for d in devices]
+    else:
+        built = [_grouped(topology, d, options) for d in devices]
+    for device in built:
+        n = len(device.get("attributes", {})) + len(device.get("capacity", {}))
+        if n > MAX_ATTRIBUTES_AND_CAPACITIES:
+            raise InvalidValueError(
+                f"device {device['name']} has {n} attributes and capacities "
+                f"(limit {MAX_ATTRIBUTES_AND_CAPACITIES})",
+                value=n,
+                origin="slice model",
+            )
+    return built
+
+
+def build_slice_specs(topology: Topology, options: SliceOptions, generation: int = 1) -> list[Json]:
+    """ResourceSlice ``spec`` dicts for the node's pool, chunked to the per-slice device limit."""
+    devices = build_devices(topology, options)
+    limit = max_devices_per_slice(devices)
+    chunks = [devices[i : i + limit] for i in range(0, len(devices), limit)] or [[]]
+    return [
+        {
+            "driver": DRIVER,
+            "nodeName": options.node_name,
+            "pool": {
+                "name": options.node_name,
+                "generation": generation,
+                "resourceSliceCount": len(chunks),
+            },
+            "devices": chunk,
+        }
+        for chunk in chunks
+    ]
+
+
+def max_devices_per_slice(devices: Sequence[Mapping[str, Any]]) -> int:
+    """128, or 64 when any device uses list-type attributes, taints or consumesCounters."""
+    for device in devices:
+        if device.get("taints") or device.get("consumesCounters"):
+            return MAX_DEVICES_PER_SLICE_ADVANCED
+        for value in device.get("attributes", {}).values():
+            if any(k in value for k in ("ints", "bools", "strings", "versions")):
+                return MAX_DEVICES_PER_SLICE_ADVANCED
+    return MAX_DEVICES_PER_SLICE
+
+
+def slice_objects(specs: Sequence[Json], *, owner: Mapping[str, str] | None = None) -> list[Json]:
+    """Whole ResourceSlice objects for ``specs``, named ``<node>-dra.cpu-<index>``.
+
+    ``owner`` is the Node's ``{"name", "uid"}``; with it, each slice gets an ownerReference so
+    it is garbage-collected with the node.
+    """
+    objects = []
+    for index, spec in enumerate(specs):
+        metadata: Json = {
+            "name": f"{spec['nodeName']}-{DRIVER}-{index}",
+            "labels": {"app.kubernetes.io/managed-by": "dracpu"},
+        }
+        if owner is not None:
+            metadata["ownerReferences"] = [
+                {
+                    "apiVersion": "v1",
+                    "kind": "Node",
+                    "name": owner["name"],
+                    "uid": owner["uid"],
+                    "controller": True,
+                }
+            ]
+        objects.append(
+            {"apiVersion": API_VERSION, "kind": "ResourceSlice", "metadata": metadata, "spec": spec}
+        )
+    return objects
+
+
+def _int(value: int) -> Json:
+    return {"int": value}
+
+
+def _numa_attributes(numa: int) -> Json:
+    return {
+        STANDARD_NUMA: _int(numa),
+        "dra.cpu/numaNodeID": _int(numa),
+        "dra.net/numaNode": _int(numa),
+    }
+
+
+def _pcie_roots(topology: Topology, cpus: CpuSet) -> list[str]:
+    return [root for root, local in topology.pcie_roots.items() if not local.isdisjoint(cpus)]
+
+
+def _individual(topology: Topology, device: CpuDevice, options: SliceOptions) -> Json:
+    cpu = device.cpus.first()
+    info = topology.cpus[cpu]
+    attributes: Json = {
+        **_numa_attributes(info.numa),
+        "dra.cpu/socketID": _int(info.socket),
+        "dra.cpu/smtEnabled": {"bool": topology.smt_enabled},
+        "dra.cpu/coreType": {"string": str(info.core_type)},
+        "dra.cpu/coreID": _int(topology.machine_core_id(cpu)),
+        "dra.cpu/cpuID": _int(cpu),
+        "dra.cpu/dieID": _int(info.die),
+        "dra.cpu/isolated": {"bool": cpu in topology.isolated},
+    }
+    if info.l3 is not None:
+        attributes["dra.cpu/cacheL3ID"] = _int(info.l3)
+    if info.l2 is not None:
+        attributes["dra.cpu/cacheL2ID"] = _int(info.l2)
+    if info.cluster is not None:
+        attributes["dra.cpu/clusterID"] = _int(info.cluster)
+    if options.expose_pcie_roots and (roots := _pcie_roots(topology, device.cpus)):
+        attributes[STANDARD_PCIE_ROOT] = {"strings": roots}
+    return {"name": device.name, "attributes": dict(sorted(attributes.items()))}
+
+
+def _grouped(topology: Topology, device: CpuDevice, options: SliceOptions) -> Json:
+    attributes: Json = {
+        "dra.cpu/smtEnabled": {"bool": topology.smt_enabled},
+        "dra.cpu/numCPUs": _int(len(device.cpus)),
+    }
+    sockets = {topology.cpus[c].socket for c in device.cpus}
+    numas = {topology.cpus[c].numa for c in device.cpus}
+    if options.group_by is not GroupBy.MACHINE and len(sockets) == 1:
+        attributes["dra.cpu/socketID"] = _int(sockets.pop())
+    if options.group_by is GroupBy.NUMANODE and len(numas) == 1:
+        attributes.update(_numa_attributes(numas.pop()))
+    if options.expose_pcie_roots and (roots := _pcie_roots(topology, device.cpus)):
+        attributes[STANDARD_PCIE_ROOT] = {"strings": roots}
+    return {
+        "name": device.name,
+        "attributes": dict(sorted(attributes.items())),
+        "capacity": {CPU_CAPACITY: {"value": str(len(device.cpus))}},
+        "allowMultipleAllocations": True,
+    }
