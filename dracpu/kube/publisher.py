@@ -1,0 +1,343 @@
+"""Keep this node's ResourceSlices on the API server equal to the desired ones.
+
+:class:`SlicePublisher` runs two tasks: a :class:`~dracpu.kube.watch.Reflector` that lists and
+watches the slices with field selectors ``spec.nodeName=<node>,spec.driver=<driver>``, and a
+reconcile loop that, whenever the watch reports a change or :meth:`SlicePublisher.set_desired`
+gives new specs, asks :func:`~dracpu.kube.slice_diff.plan_slices` for the difference and writes
+it (deletes, then updates, then creates). The loop coalesces bursts (``settle`` seconds, e.g. the
+kubelet deleting all slices at once), so a wipe is repaired within well under a second of the
+watch event, and it sends nothing while nothing changes.
+
+Failures never escape: the API server being unreachable, throttling, RBAC errors and validation
+errors are recorded in :meth:`SlicePublisher.health` and retried with bounded exponential
+backoff and jitter (validation errors more slowly: only a new desired state can fix them).
+
+Dropped fields: after every write the publisher compares what it sent with what the server
+stored. If fields went missing (a feature gate is off on the API server, e.g.
+``allowMultipleAllocations`` without DRAConsumableCapacity) it logs one warning line naming the
+fields and the gates, reports them in the health status, and from then on compares against what
+the server can store, so it does not rewrite the slices forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import trio
+
+from dracpu import DRIVER_NAME
+from dracpu.errors import InvalidValueError, KubeApiError
+from dracpu.kube.backoff import Backoff
+from dracpu.kube.client import JSON, KubeClient
+from dracpu.kube.errors import (
+    AlreadyExistsError,
+    ApiUnreachableError,
+    ConflictError,
+    InvalidError,
+    NotFoundError,
+)
+from dracpu.kube.resources import NODES, RESOURCE_SLICES
+from dracpu.kube.slice_diff import (
+    SlicePlan,
+    StoredForm,
+    check_desired,
+    compare_content,
+    content,
+    missing_gates,
+    plan_slices,
+)
+from dracpu.kube.watch import Change, Reflector
+
+__all__ = ["PublisherHealth", "SlicePublisher"]
+
+log = logging.getLogger("dracpu.kube.publisher")
+
+
+@dataclass(frozen=True, slots=True)
+class PublisherHealth:
+    """A snapshot of the publisher's state for the daemon's health/status report.
+
+    ``state`` is "starting" (no desired specs or no list yet), "in-sync", "syncing" or "error".
+    ``missing_feature_gates``/``dropped_fields`` are non-empty when the API server drops fields.
+    ``creates``/``updates``/``deletes`` count successful writes since start.
+    """
+
+    state: str
+    api_reachable: bool
+    last_error: str | None
+    missing_feature_gates: tuple[str, ...]
+    dropped_fields: tuple[str, ...]
+    generation: int
+    slices: int
+    creates: int
+    updates: int
+    deletes: int
+    last_in_sync: float | None
+
+    @property
+    def ok(self) -> bool:
+        """In sync with no dropped fields."""
+        return self.state == "in-sync" and not self.missing_feature_gates
+
+
+class SlicePublisher:
+    """Publishes the desired ResourceSlice specs of one node and driver (see module docstring).
+
+    ``owner_node`` adds an ownerReference to the Node (its UID read from the API) so slices are
+    garbage-collected with the node. ``labels`` are added to every slice.
+    """
+
+    def __init__(
+        self,
+        client: KubeClient,
+        *,
+        node_name: str,
+        driver: str = DRIVER_NAME,
+        owner_node: bool = True,
+        labels: Mapping[str, str] | None = None,
+        settle: float = 0.05,
+        backoff: Backoff | None = None,
+        invalid_backoff: Backoff | None = None,
+        watch_backoff: Backoff | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.client = client
+        self.node_name = node_name
+        self.driver = driver
+        self.owner_node = owner_node
+        self.labels = dict(labels or {})
+        self.settle = settle
+        self.backoff = backoff or Backoff(initial=0.2, maximum=30.0)
+        self.invalid_backoff = invalid_backoff or Backoff(initial=5.0, maximum=300.0)
+        self._rng = rng or random.Random()
+        self.reflector = Reflector(
+            client,
+            RESOURCE_SLICES,
+            field_selector=f"spec.nodeName={node_name},spec.driver={driver}",
+            on_change=self._on_change,
+            backoff=watch_backoff,
+            rng=self._rng,
+        )
+        self._desired: list[JSON] | None = None
+        self._stored_forms: dict[int, StoredForm] = {}
+        self._dropped: dict[int, tuple[str, ...]] = {}
+        self._reported_gates: tuple[str, ...] = ()
+        self._node_uid: str | None = None
+        self._generation = 0
+        self._wake = trio.Event()
+        self._desired_changed = trio.Event()
+        self._state = "starting"
+        self._last_error: str | None = None
+        self._unreachable = False
+        self._last_in_sync: float | None = None
+        self._counts = {"create": 0, "update": 0, "delete": 0}
+        self.in_sync = trio.Event()
+
+    # --- inputs -----------------------------------------------------------------------------
+
+    def set_desired(self, specs: Sequence[Mapping[str, Any]]) -> None:
+        """Replace the desired slice specs (copied); publishing follows asynchronously.
+
+        Raises :class:`InvalidValueError` if a spec is for another driver, node or pool.
+        """
+        check_desired(specs, driver=self.driver, node=self.node_name)
+        new = [dict(s) for s in specs]
+        if new != self._desired:
+            self._desired = new
+            self.in_sync = trio.Event()
+            self._desired_changed.set()
+            self._wake.set()
+
+    def _on_change(self, change: Change) -> None:
+        self._wake.set()
+
+    # --- outputs ----------------------------------------------------------------------------
+
+    def health(self) -> PublisherHealth:
+        """The current health snapshot (cheap; no I/O)."""
+        dropped = tuple(sorted({p for paths in self._dropped.values() for p in paths}))
+        return PublisherHealth(
+            state=self._state,
+            api_reachable=self.reflector.healthy and not self._unreachable,
+            last_error=self._last_error or self.reflector.last_error,
+            missing_feature_gates=tuple(missing_gates(dropped)),
+            dropped_fields=dropped,
+            generation=self._generation,
+            slices=len(self.reflector.store),
+            creates=self._counts["create"],
+            updates=self._counts["update"],
+            deletes=self._counts["delete"],
+            last_in_sync=self._last_in_sync,
+        )
+
+    # --- loop -------------------------------------------------------------------------------
+
+    async def run(self) -> NoReturn:
+        """Watch and reconcile until cancelled; never raises KubeApiError.
+
+        Cancellation: stops at once. A write in flight may or may not have been applied; the next
+        run (or another instance) reconciles from what the server holds.
+        """
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self.reflector.run)
+            await self._reconcile_forever()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _reconcile_forever(self) -> NoReturn:
+        failures = 0
+        while True:
+            await self._wake.wait()
+            await trio.sleep(self.settle)
+            self._wake = trio.Event()
+            self._desired_changed = trio.Event()
+            if self._desired is None or not self.reflector.synced.is_set():
+                continue
+            delay = 0.0
+            try:
+                plan = await self._plan()
+                if plan.empty:
+                    self._mark_in_sync()
+                    failures = 0
+                    continue
+                self._state = "syncing"
+                log.info(
+                    "publishing slices: generation %d, %d create, %d update, %d delete (%s)",
+                    plan.generation,
+                    len(plan.creates),
+                    len(plan.updates),
+                    len(plan.deletes),
+                    "; ".join(plan.reasons[:4]),
+                )
+                await self._execute(plan)
+                failures = 0
+                self._last_error = None
+                self._unreachable = False
+                self._wake.set()  # Confirm against the store: expect an empty plan.
+            except (ConflictError, NotFoundError, AlreadyExistsError) as exc:
+                # Our view is stale; the watch will catch up. Retry soon.
+                failures += 1
+                self._last_error = str(exc)
+                log.info("slice write raced with another change, retrying: %s", exc)
+                delay = self.backoff.delay(failures - 1, self._rng)
+            except InvalidError as exc:
+                failures += 1
+                self._fail(exc, level=logging.ERROR)
+                delay = self.invalid_backoff.delay(failures - 1, self._rng)
+            except (KubeApiError, InvalidValueError) as exc:
+                failures += 1
+                self._fail(exc, level=logging.WARNING if failures in (1, 5) else logging.DEBUG)
+                delay = self.backoff.delay(failures - 1, self._rng)
+            if delay:
+                with trio.move_on_after(delay):
+                    await self._desired_changed.wait()
+                self._wake.set()
+
+    def _fail(self, exc: Exception, *, level: int) -> None:
+        self._state = "error"
+        self._last_error = str(exc)
+        self._unreachable = isinstance(exc, ApiUnreachableError)
+        log.log(level, "publishing ResourceSlices failed: %s", exc)
+
+    def _mark_in_sync(self) -> None:
+        if self._state != "in-sync":
+            log.info(
+                "ResourceSlices in sync: %d slice(s), generation %d",
+                len(self.reflector.store),
+                self._generation,
+            )
+        self._state = "in-sync"
+        self._last_error = None
+        self._unreachable = False
+        self._last_in_sync = time.time()
+        self.in_sync.set()
+
+    async def _refresh_owner(self) -> None:
+        node = await self.client.get(NODES, self.node_name)
+        uid = str(node.get("metadata", {}).get("uid", ""))
+        if not uid:
+            raise InvalidValueError("Node has no metadata.uid", value=node, origin="API server")
+        if self._node_uid is not None and uid != self._node_uid:
+            log.warning("Node %s was re-created (uid %s → %s)", self.node_name, self._node_uid, uid)
+        self._node_uid = uid
+
+    def _plan_now(self) -> SlicePlan:
+        assert self._desired is not None
+        plan = plan_slices(
+            self._desired,
+            list(self.reflector.store.values()),
+            driver=self.driver,
+            node=self.node_name,
+            owner_uid=self._node_uid,
+            labels=self.labels,
+            min_generation=self._generation,
+            stored_forms=self._stored_forms,
+        )
+        self._generation = max(self._generation, plan.generation)
+        return plan
+
+    async def _plan(self) -> SlicePlan:
+        if self.owner_node and self._node_uid is None:
+            await self._refresh_owner()
+        plan = self._plan_now()
+        if plan.creates and self.owner_node:
+            # New slices get an owner reference: make sure the Node was not re-created.
+            before = self._node_uid
+            await self._refresh_owner()
+            if self._node_uid != before:
+                plan = self._plan_now()
+        return plan
+
+    async def _execute(self, plan: SlicePlan) -> None:
+        for d in plan.deletes:
+            await self.client.delete(
+                RESOURCE_SLICES, d.name, uid=d.uid or None, resource_version=d.resource_version
+            )
+            self._counts["delete"] += 1
+            self.reflector.forget({"metadata": {"name": d.name}})
+        for w in plan.updates:
+            stored = await self.client.update(RESOURCE_SLICES, w.body)
+            self._counts["update"] += 1
+            self._stored(w.index, w.body, stored)
+        for w in plan.creates:
+            stored = await self.client.create(RESOURCE_SLICES, w.body)
+            self._counts["create"] += 1
+            self._stored(w.index, w.body, stored)
+
+    def _stored(self, index: int, sent: JSON, stored: JSON) -> None:
+        self.reflector.remember(stored)
+        sent_c = content(sent.get("spec") or {})
+        stored_c = content(stored.get("spec") or {})
+        if sent_c == stored_c:
+            self._stored_forms.pop(index, None)
+            self._dropped.pop(index, None)
+            return
+        dropped, changed = compare_content(sent_c, stored_c)
+        self._stored_forms[index] = StoredForm(sent=sent_c, stored=stored_c)
+        self._dropped[index] = tuple(dropped)
+        gates = tuple(missing_gates(p for paths in self._dropped.values() for p in paths))
+        if gates != self._reported_gates or not gates:
+            self._reported_gates = gates
+            shown = ", ".join(dropped[:3]) + (
+                f" (+{len(dropped) - 3} more)" if len(dropped) > 3 else ""
+            )
+            name = stored.get("metadata", {}).get("name")
+            if gates:
+                log.warning(
+                    "API server dropped ResourceSlice fields %s of %s: enable feature gate(s) %s "
+                    "on kube-apiserver and kube-scheduler",
+                    shown,
+                    name,
+                    ", ".join(gates),
+                )
+            else:
+                log.warning(
+                    "API server changed ResourceSlice %s on write: dropped %s, changed %s",
+                    name,
+                    shown or "nothing",
+                    ", ".join(changed[:3]) or "nothing",
+                )

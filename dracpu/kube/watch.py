@@ -1,0 +1,217 @@
+"""Keep a local copy of a set of API objects current: list once, then watch, forever.
+
+:class:`Reflector` is a small informer. It lists the objects (all pages), then watches from the
+list's resourceVersion with bookmarks on; it resumes a watch that ends or drops from the last
+resourceVersion it saw, lists again on ``410 Gone`` (as an HTTP answer or an ``ERROR`` event), and
+waits with bounded exponential backoff and jitter after failures, so a dead API server costs a
+few requests a minute, not a tight loop. Its :attr:`Reflector.store` maps ``namespace/name`` to
+the newest object; ``on_change`` is called after every change so owners can react.
+
+Writers that have just stored an object can put the server's answer into the store at once with
+:meth:`Reflector.remember` (like client-go's mutation cache) so they do not act on an older copy
+before its watch event arrives; events older than a remembered object are ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import trio
+
+from dracpu.errors import KubeApiError
+from dracpu.kube.backoff import Backoff
+from dracpu.kube.client import JSON, KubeClient
+from dracpu.kube.errors import ApiStatusError, GoneError
+from dracpu.kube.resources import Resource
+
+__all__ = ["Change", "Reflector", "object_key"]
+
+log = logging.getLogger("dracpu.kube.watch")
+
+
+def object_key(obj: Mapping[str, Any]) -> str:
+    """``namespace/name`` (or ``name`` for cluster-scoped objects)."""
+    meta = obj.get("metadata") or {}
+    ns = meta.get("namespace")
+    return f"{ns}/{meta.get('name')}" if ns else str(meta.get("name"))
+
+
+def _rv_int(obj: Mapping[str, Any] | None) -> int | None:
+    if obj is None:
+        return None
+    raw = (obj.get("metadata") or {}).get("resourceVersion")
+    if not isinstance(raw, str):
+        return None
+    try:
+        return int(raw)
+    except (TypeError, ValueError):
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What changed: ``kind`` is "RELISTED", "ADDED", "MODIFIED" or "DELETED"."""
+
+    kind: str
+    key: str = ""
+    object: JSON | None = None
+
+
+class Reflector:
+    """List + watch one resource (optionally filtered) into :attr:`store`.
+
+    ``keep`` filters objects client-side (objects it rejects are treated as absent);
+    ``on_change`` is called synchronously after each change is applied. :attr:`synced` is set
+    after the first successful list; :attr:`healthy` tells whether the last list/watch worked and
+    :attr:`last_error` holds the last failure text.
+    """
+
+    def __init__(
+        self,
+        client: KubeClient,
+        resource: Resource,
+        *,
+        namespace: str | None = None,
+        field_selector: str | None = None,
+        label_selector: str | None = None,
+        keep: Callable[[JSON], bool] | None = None,
+        on_change: Callable[[Change], None] | None = None,
+        backoff: Backoff | None = None,
+        watch_timeout: int = 300,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.client = client
+        self.resource = resource
+        self.namespace = namespace
+        self.field_selector = field_selector
+        self.label_selector = label_selector
+        self.keep = keep
+        self.on_change = on_change
+        self.backoff = backoff or Backoff(initial=0.5, maximum=30.0)
+        self.watch_timeout = watch_timeout
+        self.store: dict[str, JSON] = {}
+        self.resource_version = ""
+        self.synced = trio.Event()
+        self.healthy = False
+        self.last_error: str | None = None
+        self.lists = 0
+        self.watches = 0
+        self._rng = rng or random.Random()
+
+    # --- store --------------------------------------------------------------------------------
+
+    def _notify(self, change: Change) -> None:
+        if self.on_change is not None:
+            self.on_change(change)
+
+    def _apply(self, kind: str, obj: JSON) -> None:
+        key = object_key(obj)
+        if kind == "DELETED" or (self.keep is not None and not self.keep(obj)):
+            if self.store.pop(key, None) is not None:
+                self._notify(Change("DELETED", key, obj))
+            return
+        old = self.store.get(key)
+        old_rv, new_rv = _rv_int(old), _rv_int(obj)
+        if old is not None and old_rv is not None and new_rv is not None and new_rv <= old_rv:
+            return  # Not newer than what we hold (our own write, remembered earlier).
+        self.store[key] = obj
+        self._notify(Change("ADDED" if old is None else "MODIFIED", key, obj))
+
+    def remember(self, obj: JSON) -> None:
+        """Put an object the caller just wrote (the server's answer) into the store."""
+        self._apply("MODIFIED", obj)
+
+    def forget(self, obj: JSON) -> None:
+        """Drop an object the caller just deleted from the store."""
+        self._apply("DELETED", obj)
+
+    def _replace(self, items: list[JSON]) -> None:
+        fresh = {}
+        for item in items:
+            if self.keep is None or self.keep(item):
+                fresh[object_key(item)] = item
+        self.store = fresh
+        self._notify(Change("RELISTED"))
+
+    # --- loop ---------------------------------------------------------------------------------
+
+    async def run(self) -> NoReturn:
+        """List and watch until cancelled; never returns and never raises KubeApiError.
+
+        Failures are logged, recorded in :attr:`last_error`, and retried with backoff.
+        Cancellation: stops at once; the store keeps its last contents.
+        """
+        failures = 0
+        need_list = True
+        while True:
+            try:
+                if need_list:
+                    listed = await self.client.list(
+                        self.resource,
+                        namespace=self.namespace,
+                        field_selector=self.field_selector,
+                        label_selector=self.label_selector,
+                    )
+                    self.lists += 1
+                    self.resource_version = listed.resource_version
+                    self._replace(listed.items)
+                    need_list = False
+                    self.healthy, self.last_error = True, None
+                    self.synced.set()
+                    failures = 0
+                got_events = await self._watch_once()
+                if got_events:
+                    failures = 0
+                    continue
+                # The stream closed without a single event: normal after a server timeout, but
+                # if it keeps happening the server is unhealthy; do not spin.
+                failures += 1
+                if failures < 3:
+                    continue
+            except GoneError as exc:
+                log.info("%s: %s; listing again", self.resource.plural, exc)
+                need_list = True
+                failures += 1
+                if failures < 2:
+                    continue
+            except KubeApiError as exc:
+                failures += 1
+                self.healthy, self.last_error = False, str(exc)
+                level = (
+                    logging.WARNING if failures in (1, 5) or failures % 20 == 0 else logging.DEBUG
+                )
+                log.log(
+                    level,
+                    "%s list/watch failed (attempt %d): %s",
+                    self.resource.plural,
+                    failures,
+                    exc,
+                )
+                if isinstance(exc, ApiStatusError) and exc.code in (400, 403, 404):
+                    need_list = True
+            await trio.sleep(self.backoff.delay(failures - 1, self._rng))
+
+    async def _watch_once(self) -> bool:
+        """One watch request; returns whether any event (bookmarks included) arrived."""
+        got = False
+        self.watches += 1
+        async with self.client.watch(
+            self.resource,
+            resource_version=self.resource_version,
+            namespace=self.namespace,
+            field_selector=self.field_selector,
+            label_selector=self.label_selector,
+            timeout_seconds=self.watch_timeout + self._rng.randrange(0, 60),
+        ) as events:
+            async for event in events:
+                got = True
+                self.healthy, self.last_error = True, None
+                if event.resource_version:
+                    self.resource_version = event.resource_version
+                if event.type != "BOOKMARK":
+                    self._apply(event.type, event.object)
+        return got
