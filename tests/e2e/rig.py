@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -222,36 +223,22 @@ def rig_is_up(rig: Rig | None = None) -> bool:
 
 def enabled_feature_gates(rig: Rig) -> dict[str, bool]:
     """The feature gates rig-up passed to the main apiserver (written by rig-up)."""
-    gates: dict[str, bool] = {}
     path = rig.state_dir / "feature-gates"
-    if not path.exists():
-        return gates
-    for item in path.read_text().strip().split(","):
+    return _parse_gates(path.read_text()) if path.exists() else {}
+
+
+def _parse_gates(text: str) -> dict[str, bool]:
+    gates: dict[str, bool] = {}
+    for item in text.strip().split(","):
         if item:
             name, _, value = item.partition("=")
-            gates[name] = value == "true"
+            gates[name.strip()] = value.strip() == "true"
     return gates
 
 
-def apiserver_argv(
-    rig: Rig,
-    *,
-    secure_port: int,
-    etcd_prefix: str,
-    feature_gates: Mapping[str, bool] | None = None,
-    extra_args: Sequence[str] = (),
+def _apiserver_base_argv(
+    rig: Rig, secure_port: int, etcd_prefix: str, gates: Mapping[str, bool]
 ) -> list[str]:
-    """Command line for a kube-apiserver on ``127.0.0.1:secure_port`` sharing the rig's etcd.
-
-    ``feature_gates`` overrides the rig's own gates (e.g. ``{"DRAConsumableCapacity": False}``).
-    ``etcd_prefix`` must differ from :attr:`Rig.etcd_prefix` so the two servers do not share
-    objects. The caller starts and stops the process (and waits for :func:`apiserver_ready`
-    with ``url=f"https://127.0.0.1:{secure_port}"``).
-    """
-    if etcd_prefix == rig.etcd_prefix:
-        raise ValueError(f"etcd_prefix {etcd_prefix!r} is the rig's own; pick another")
-    gates = enabled_feature_gates(rig)
-    gates.update(feature_gates or {})
     gate_arg = ",".join(f"{k}={'true' if v else 'false'}" for k, v in sorted(gates.items()))
     argv = [
         str(rig.binary("kube-apiserver")),
@@ -271,10 +258,66 @@ def apiserver_argv(
         "--authorization-mode=Node,RBAC",
         "--allow-privileged=true",
         "--runtime-config=resource.k8s.io/v1=true",
-        "--enable-priority-and-fairness=false",
         "--profiling=false",
     ]
     if gate_arg:
         argv.append(f"--feature-gates={gate_arg}")
-    argv.extend(extra_args)
     return argv
+
+
+def main_apiserver_argv(rig: Rig, gates: Mapping[str, bool]) -> list[str]:
+    """Command line of the rig's own kube-apiserver (used by hack/rig/up.sh)."""
+    return _apiserver_base_argv(rig, rig.apiserver_port, rig.etcd_prefix, gates)
+
+
+def apiserver_argv(
+    rig: Rig,
+    *,
+    secure_port: int,
+    etcd_prefix: str,
+    feature_gates: Mapping[str, bool] | None = None,
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    """Command line for an extra kube-apiserver on ``127.0.0.1:secure_port`` sharing the rig's
+    binaries, PKI and etcd.
+
+    Its gates are the rig's (see :func:`enabled_feature_gates`) overridden by ``feature_gates``
+    (e.g. ``{"DRAConsumableCapacity": False}``). ``etcd_prefix`` must differ from
+    :attr:`Rig.etcd_prefix` so the two servers share no objects. The caller starts and stops the
+    process, and waits for ``apiserver_ready(rig, url=f"https://127.0.0.1:{secure_port}")``; the
+    admin client cert and CA of the rig work against it too.
+    """
+    if etcd_prefix.rstrip("/") == rig.etcd_prefix:
+        raise ValueError(f"etcd_prefix {etcd_prefix!r} is the rig's own; pick another")
+    gates = enabled_feature_gates(rig)
+    gates.update(feature_gates or {})
+    return [*_apiserver_base_argv(rig, secure_port, etcd_prefix, gates), *extra_args]
+
+
+def _cli(argv: Sequence[str]) -> int:
+    """``python -m tests.e2e.rig is-up | main-apiserver-argv GATES |
+    apiserver-argv PORT PREFIX [GATES]``; argv lists print one argument per line."""
+    rig = current()
+    match list(argv):
+        case ["is-up"]:
+            return 0 if rig_is_up(rig) else 1
+        case ["main-apiserver-argv", gates]:
+            print("\n".join(main_apiserver_argv(rig, _parse_gates(gates))))
+            return 0
+        case ["apiserver-argv", port, prefix, *rest]:
+            over = _parse_gates(rest[0]) if rest else {}
+            print(
+                "\n".join(
+                    apiserver_argv(
+                        rig, secure_port=int(port), etcd_prefix=prefix, feature_gates=over
+                    )
+                )
+            )
+            return 0
+        case _:
+            print(_cli.__doc__, file=sys.stderr)
+            return 2
+
+
+if __name__ == "__main__":
+    sys.exit(_cli(sys.argv[1:]))

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Stop the rig: only the PIDs rig-up recorded (checked against their command line, so a reused
+# PID is never hit), then every process left in the cgroups the rig created (containerd's shims
+# and the containers), then remove those cgroups and unmount what containerd left under the state
+# dir. Logs and PKI are kept. Safe to run when nothing is up. `--unmount-only` just unmounts.
+set -uo pipefail
+source "$(dirname "$0")/lib.sh"
+
+unmount_state() {
+    [ -d "$RIG_STATE" ] || return 0
+    # mountinfo field 5 is the mount point; deepest first.
+    awk -v s="$RIG_STATE/" 'index($5, s) == 1 { print $5 }' /proc/self/mountinfo |
+        sort -r | while read -r m; do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
+}
+if [ "${1:-}" = --unmount-only ]; then unmount_state; exit 0; fi
+
+ours() { # ours PID: the process is one the rig started (binary from the rig cache or hack dir)
+    local cmd
+    cmd=$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null) || return 1
+    [[ "$cmd" == *"$RIG_BIN"* || "$cmd" == *"$RIG_HACK_DIR"* || "$cmd" == *"$RIG_STATE"* ]]
+}
+stop_pid() { # stop_pid NAME PID
+    local name=$1 pid=$2
+    kill -0 "$pid" 2>/dev/null || return 0
+    if ! ours "$pid"; then
+        rig_log "$name: PID $pid is no longer a rig process; leaving it alone"
+        return 0
+    fi
+    kill -TERM "$pid" 2>/dev/null
+    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || { rig_log "stopped $name ($pid)"; return 0; }; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null
+    rig_log "killed $name ($pid) after 10s"
+}
+
+if [ -d "$RIG_RUN" ]; then
+    # Dependents first; anything else recorded (extra apiservers from tests) before etcd.
+    order=(node-heartbeat containerd kube-controller-manager kube-scheduler)
+    for f in "$RIG_RUN"/*.pid; do
+        [ -e "$f" ] || continue
+        n=$(basename "$f" .pid)
+        case " ${order[*]} kube-apiserver etcd " in *" $n "*) ;; *) order+=("$n") ;; esac
+    done
+    order+=(kube-apiserver etcd)
+    for n in "${order[@]}"; do
+        f="$RIG_RUN/$n.pid"
+        [ -e "$f" ] || continue
+        stop_pid "$n" "$(cat "$f")"
+        rm -f "$f"
+    done
+fi
+
+# Cgroups the rig created: containerd's own (shims) and the pods' parent in every hierarchy.
+cgroups=()
+for h in /sys/fs/cgroup/*/ /sys/fs/cgroup/; do
+    for d in "$h$RIG_CGROUP_PARENT" "$h$RIG_CGROUP_PARENT-runtime"; do
+        [ -d "$d" ] && cgroups+=("$d")
+    done
+done
+if [ ${#cgroups[@]} -gt 0 ]; then
+    for _ in 1 2 3 4 5; do
+        pids=$(find "${cgroups[@]}" -name cgroup.procs -exec cat {} + 2>/dev/null | sort -u)
+        [ -z "$pids" ] && break
+        rig_log "killing processes left in rig cgroups: $(echo "$pids" | tr '\n' ' ')"
+        # shellcheck disable=SC2086
+        kill -KILL $pids 2>/dev/null
+        sleep 0.5
+    done
+    unmount_state
+    for d in "${cgroups[@]}"; do
+        find "$d" -depth -type d -exec rmdir {} + 2>/dev/null
+        [ -d "$d" ] && rig_log "could not remove cgroup $d"
+    done
+fi
+unmount_state
+rm -f "$RIG_RUN/runtime-cgroup"
+rig_log "down"
+exit 0

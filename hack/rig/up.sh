@@ -1,0 +1,228 @@
+#!/usr/bin/env bash
+# Start the rig: etcd, kube-apiserver, kube-scheduler, kube-controller-manager, a Node heartbeat
+# (no kubelet) and containerd with CRI + NRI + CDI, all on loopback and unix sockets under one
+# state directory. Idempotent: a no-op when the rig is already up and healthy; a half-up rig is
+# torn down first. On any failure it names the component, prints its log tail and tears down.
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+REPO="$(cd "$RIG_HACK_DIR/../.." && pwd)"
+PY="${DRACPU_PYTHON:-$REPO/.venv/bin/python}"
+cd "$REPO"
+t_start=$(date +%s.%N)
+
+if "$PY" -m tests.e2e.rig is-up; then
+    rig_log "already up"
+    exec "$RIG_HACK_DIR/status.sh"
+fi
+if compgen -G "$RIG_RUN/*.pid" >/dev/null; then
+    rig_log "found a half-up rig; tearing it down first"
+    "$RIG_HACK_DIR/down.sh"
+fi
+
+failed=1
+cleanup_on_failure() {
+    if [ "$failed" = 1 ]; then
+        rig_log "rig-up failed; tearing down what was started (logs kept in $RIG_LOGS)"
+        "$RIG_HACK_DIR/down.sh" >&2 || true
+    fi
+}
+trap cleanup_on_failure EXIT
+
+# ---------------------------------------------------------------- preflight
+for b in etcd kube-apiserver kube-scheduler kube-controller-manager containerd \
+    containerd-shim-runc-v2 ctr; do
+    [ -x "$RIG_BIN/$b" ] || rig_die "$b: missing binary $RIG_BIN/$b (run \`just rig-build\`)"
+done
+for t in runc openssl curl; do
+    command -v "$t" >/dev/null || rig_die "$t: not on PATH (run \`just rig-build\`)"
+done
+[ -x /bin/busybox ] || rig_die "busybox: /bin/busybox missing (run \`just rig-build\`)"
+[ -x "$PY" ] || rig_die "python: $PY missing (run \`just setup\`)"
+[ "$(id -u)" = 0 ] || rig_die "rig-up must run as root (containerd, cgroups, mounts)"
+port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+for pc in "$RIG_ETCD_CLIENT_PORT:etcd" "$RIG_ETCD_PEER_PORT:etcd" \
+    "$RIG_APISERVER_PORT:kube-apiserver" "$RIG_SCHEDULER_PORT:kube-scheduler" \
+    "$RIG_KCM_PORT:kube-controller-manager"; do
+    if port_in_use "${pc%%:*}"; then
+        rig_die "${pc#*:}: port 127.0.0.1:${pc%%:*} is already in use by another process"
+    fi
+done
+
+# Fresh data each time (PKI is kept); unmount anything a previous containerd left behind.
+"$RIG_HACK_DIR/down.sh" --unmount-only
+rm -rf --one-file-system "$RIG_STATE/etcd" "$RIG_STATE/containerd" "$RIG_RUN" "$RIG_CDI_DIR" \
+    "$RIG_STATE/nri"
+mkdir -p "$RIG_RUN" "$RIG_LOGS" "$RIG_PKI" "$RIG_CDI_DIR" "$RIG_STATE/nri/plugins" \
+    "$RIG_STATE/nri/conf.d"
+
+# ---------------------------------------------------------------- helpers
+elapsed() { awk -v a="$(date +%s.%N)" -v b="$t_start" 'BEGIN { printf "%.1f", a - b }'; }
+# start NAME CMD...: run CMD detached in its own session, log to logs/NAME.log, record its PID.
+start() {
+    local name=$1; shift
+    : >"$RIG_LOGS/$name.log"
+    setsid "$@" >>"$RIG_LOGS/$name.log" 2>&1 </dev/null &
+    echo $! >"$RIG_RUN/$name.pid"
+}
+fail() {
+    local name=$1 why=$2
+    printf 'rig: ERROR: %s: %s\n--- tail of %s ---\n' "$name" "$why" "$RIG_LOGS/$name.log" >&2
+    tail -n 30 "$RIG_LOGS/$name.log" >&2 || true
+    exit 1
+}
+# wait_ready NAME TIMEOUT_S CHECK...: poll CHECK until it succeeds, the process dies or time runs out.
+wait_ready() {
+    local name=$1 timeout=$2; shift 2
+    local pid; pid=$(cat "$RIG_RUN/$name.pid")
+    local deadline=$(( $(date +%s) + timeout ))
+    until "$@" >/dev/null 2>&1; do
+        kill -0 "$pid" 2>/dev/null || fail "$name" "exited before becoming ready"
+        [ "$(date +%s)" -lt "$deadline" ] || fail "$name" "not ready after ${timeout}s"
+        sleep 0.3
+    done
+    rig_log "$name ready ($(elapsed)s)"
+}
+CURL=(curl -fsS --max-time 3 --cacert "$RIG_PKI/ca.crt" --cert "$RIG_PKI/admin.crt"
+    --key "$RIG_PKI/admin.key")
+
+# ---------------------------------------------------------------- PKI (kept across runs)
+sign() { # sign NAME SUBJECT EXTENSIONS
+    local n=$1 subj=$2 ext=$3
+    openssl genrsa -out "$RIG_PKI/$n.key" 2048 2>/dev/null
+    openssl req -new -key "$RIG_PKI/$n.key" -subj "$subj" -out "$RIG_PKI/$n.csr"
+    printf '%s\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid,issuer\n' "$ext" \
+        >"$RIG_PKI/$n.ext"
+    openssl x509 -req -in "$RIG_PKI/$n.csr" -CA "$RIG_PKI/ca.crt" -CAkey "$RIG_PKI/ca.key" \
+        -CAcreateserial -days 3650 -sha256 -extfile "$RIG_PKI/$n.ext" -out "$RIG_PKI/$n.crt" \
+        2>/dev/null
+    rm -f "$RIG_PKI/$n.csr" "$RIG_PKI/$n.ext"
+}
+if [ ! -s "$RIG_PKI/sa.pub" ]; then
+    rig_log "generating PKI in $RIG_PKI"
+    umask 077
+    openssl genrsa -out "$RIG_PKI/ca.key" 2048 2>/dev/null
+    openssl req -x509 -new -key "$RIG_PKI/ca.key" -subj "/CN=dracpu-rig-ca" -days 3650 -sha256 \
+        -addext "basicConstraints=critical,CA:TRUE" \
+        -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" -out "$RIG_PKI/ca.crt"
+    sign apiserver "/CN=kube-apiserver" \
+        "basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=serverAuth
+subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,IP:10.96.0.1"
+    sign admin "/O=system:masters/CN=dracpu-rig-admin" \
+        "basicConstraints=CA:FALSE
+keyUsage=critical,digitalSignature,keyEncipherment
+extendedKeyUsage=clientAuth"
+    openssl genrsa -out "$RIG_PKI/sa.key" 2048 2>/dev/null
+    openssl rsa -in "$RIG_PKI/sa.key" -pubout -out "$RIG_PKI/sa.pub" 2>/dev/null
+    umask 022
+fi
+b64() { base64 -w0 <"$1"; }
+cat >"$RIG_KUBECONFIG" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: dracpu-rig
+  cluster:
+    server: https://127.0.0.1:$RIG_APISERVER_PORT
+    certificate-authority-data: $(b64 "$RIG_PKI/ca.crt")
+users:
+- name: dracpu-rig-admin
+  user:
+    client-certificate-data: $(b64 "$RIG_PKI/admin.crt")
+    client-key-data: $(b64 "$RIG_PKI/admin.key")
+contexts:
+- name: dracpu-rig
+  context: {cluster: dracpu-rig, user: dracpu-rig-admin}
+current-context: dracpu-rig
+EOF
+chmod 600 "$RIG_KUBECONFIG"
+
+# ---------------------------------------------------------------- feature gates
+# The gates dracpu uses, kept only when this kube-apiserver release knows them.
+help_text=$("$RIG_BIN/kube-apiserver" --help 2>&1 || true)
+gates=""
+for g in DRAConsumableCapacity DRAPartitionableDevices DRAResourceClaimDeviceStatus \
+    DRAListTypeAttributes DRANodeAllocatableResources DRADeviceTaints; do
+    if grep -q "^ *$g=" <<<"$help_text"; then gates+="${gates:+,}$g=true"; fi
+done
+echo "$gates" >"$RIG_STATE/feature-gates"
+rig_log "feature gates: ${gates:-none}"
+
+# ---------------------------------------------------------------- etcd
+start etcd "$RIG_BIN/etcd" --name rig --data-dir "$RIG_STATE/etcd" \
+    --listen-client-urls "http://127.0.0.1:$RIG_ETCD_CLIENT_PORT" \
+    --advertise-client-urls "http://127.0.0.1:$RIG_ETCD_CLIENT_PORT" \
+    --listen-peer-urls "http://127.0.0.1:$RIG_ETCD_PEER_PORT" \
+    --initial-advertise-peer-urls "http://127.0.0.1:$RIG_ETCD_PEER_PORT" \
+    --initial-cluster "rig=http://127.0.0.1:$RIG_ETCD_PEER_PORT" \
+    --log-level warn --quota-backend-bytes 1073741824 --unsafe-no-fsync
+wait_ready etcd 30 curl -fsS --max-time 2 "http://127.0.0.1:$RIG_ETCD_CLIENT_PORT/health"
+
+# ---------------------------------------------------------------- kube-apiserver
+mapfile -t apiserver_argv < <("$PY" -m tests.e2e.rig main-apiserver-argv "$gates")
+start kube-apiserver "${apiserver_argv[@]}"
+wait_ready kube-apiserver 90 "${CURL[@]}" "https://127.0.0.1:$RIG_APISERVER_PORT/readyz"
+
+# ---------------------------------------------------------------- scheduler, controller-manager
+start kube-scheduler "$RIG_BIN/kube-scheduler" --kubeconfig "$RIG_KUBECONFIG" \
+    --authentication-kubeconfig "$RIG_KUBECONFIG" --authorization-kubeconfig "$RIG_KUBECONFIG" \
+    --bind-address 127.0.0.1 --secure-port "$RIG_SCHEDULER_PORT" --leader-elect=false \
+    ${gates:+--feature-gates "$gates"}
+start kube-controller-manager "$RIG_BIN/kube-controller-manager" --kubeconfig "$RIG_KUBECONFIG" \
+    --authentication-kubeconfig "$RIG_KUBECONFIG" --authorization-kubeconfig "$RIG_KUBECONFIG" \
+    --bind-address 127.0.0.1 --secure-port "$RIG_KCM_PORT" --leader-elect=false \
+    --controllers '*' --use-service-account-credentials=false \
+    --service-account-private-key-file "$RIG_PKI/sa.key" --root-ca-file "$RIG_PKI/ca.crt" \
+    --cluster-signing-cert-file "$RIG_PKI/ca.crt" --cluster-signing-key-file "$RIG_PKI/ca.key" \
+    ${gates:+--feature-gates "$gates"}
+wait_ready kube-scheduler 60 curl -fsSk --max-time 2 "https://127.0.0.1:$RIG_SCHEDULER_PORT/healthz"
+wait_ready kube-controller-manager 60 curl -fsSk --max-time 2 "https://127.0.0.1:$RIG_KCM_PORT/healthz"
+
+# ---------------------------------------------------------------- the Node (no kubelet)
+start node-heartbeat "$PY" "$RIG_HACK_DIR/node_heartbeat.py" \
+    --server "https://127.0.0.1:$RIG_APISERVER_PORT" --ca "$RIG_PKI/ca.crt" \
+    --cert "$RIG_PKI/admin.crt" --key "$RIG_PKI/admin.key" --node "$RIG_NODE_NAME" \
+    --version "$KUBERNETES_VERSION"
+node_ready() { # Ready=True and the not-ready taint removed by the node lifecycle controller
+    "${CURL[@]}" "https://127.0.0.1:$RIG_APISERVER_PORT/api/v1/nodes/$RIG_NODE_NAME" |
+        "$PY" -c 'import json,sys; n=json.load(sys.stdin)
+ready=[c for c in n["status"].get("conditions",[]) if c["type"]=="Ready" and c["status"]=="True"]
+taints=[t for t in n["spec"].get("taints",[]) if t["key"].startswith("node.kubernetes.io/")]
+sys.exit(0 if ready and not taints else 1)'
+}
+wait_ready node-heartbeat 90 node_ready
+# ServiceAccount admission needs "default" to exist before pods can be created there.
+wait_ready kube-controller-manager 60 "${CURL[@]}" \
+    "https://127.0.0.1:$RIG_APISERVER_PORT/api/v1/namespaces/default/serviceaccounts/default"
+
+# ---------------------------------------------------------------- containerd
+"$RIG_HACK_DIR/containerd-config.sh" >"$RIG_STATE/containerd.toml"
+# containerd and its shims live in a pids cgroup of the rig's own, so rig-down can find every
+# shim even after containerd has exited (shims re-parent to init).
+for h in /sys/fs/cgroup/pids /sys/fs/cgroup/unified /sys/fs/cgroup; do
+    if [ -f "$h/cgroup.procs" ]; then cg="$h/$RIG_CGROUP_PARENT-runtime"; break; fi
+done
+mkdir -p "$cg"
+echo "$cg" >"$RIG_RUN/runtime-cgroup"
+start containerd sh -c 'echo $$ > "$1/cgroup.procs"; shift; exec "$@"' sh "$cg" \
+    env PATH="$RIG_BIN:$PATH" "$RIG_BIN/containerd" --config "$RIG_STATE/containerd.toml"
+CTR=("$RIG_BIN/ctr" --address "$RIG_CRI_SOCKET" -n k8s.io)
+wait_ready containerd 60 "${CTR[@]}" version
+# CRI answers only once its plugin has loaded; the status call goes through the CRI service.
+cri_up() { "${CTR[@]}" plugins ls | grep -Eq '^io\.containerd\.grpc\.v1 +cri +.* ok *$'; }
+wait_ready containerd 60 cri_up
+[ -S "$RIG_NRI_SOCKET" ] || fail containerd "NRI socket $RIG_NRI_SOCKET not created"
+
+"$PY" "$RIG_HACK_DIR/build_images.py" "$RIG_STATE/images" >>"$RIG_LOGS/images.log" 2>&1 ||
+    { tail -n 30 "$RIG_LOGS/images.log" >&2; rig_die "images: building busybox/pause images failed"; }
+for img in "$RIG_STATE/images"/*.tar; do
+    "${CTR[@]}" images import --platform linux/amd64 "$img" >>"$RIG_LOGS/images.log" 2>&1 ||
+        { tail -n 30 "$RIG_LOGS/images.log" >&2; rig_die "images: ctr import $img failed"; }
+done
+"${CTR[@]}" images ls -q >>"$RIG_LOGS/images.log"
+
+"$PY" -m tests.e2e.rig is-up || rig_die "rig: components started but rig_is_up() is false"
+failed=0
+rig_log "up in $(elapsed)s"
+exec "$RIG_HACK_DIR/status.sh"
