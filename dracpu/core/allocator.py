@@ -8,6 +8,11 @@ Behaves like the kubelet CPU Manager's static policy in packed mode, written fro
    (best fit: the fewest free CPUs first), descending socket → NUMA → L3;
 3. inside it, whole free cores, then single CPUs from the most-used cores.
 
+Step 1 runs inside a best-fit domain too, chosen so that it gives up nothing the whole machine
+could offer (a whole NUMA node, whole cores): on a sub-NUMA-clustered socket whose L3 spans two
+NUMA nodes, a claim stays under one L3 when one can hold it. Precedence when these goals
+conflict: whole sockets / NUMA nodes, then whole L3 groups, then whole cores, then one L3.
+
 "Most-used first" keeps free space contiguous for later, larger claims. Cores are keyed by
 (package, die, core_id), so multi-socket machines, 1/2/4-way SMT, hybrid parts and unevenly
 offlined CPUs are handled without assuming a fixed number of threads per core.
@@ -17,7 +22,6 @@ from __future__ import annotations
 
 import enum
 import itertools
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from dracpu.core.cpuset import CpuSet
@@ -75,43 +79,87 @@ def _check_full_pcpus(ctx: _Context, whole_free: CpuSet, count: int) -> None:
         raise AllocationError(
             f"full-pcpus-only: {count} CPUs is not a multiple of the {width} threads per core"
         )
-    if ctx.whole_capacity(whole_free, count) != count:
+    if ctx.whole_capacity(whole_free.mask, count, ctx.all_cores) != count:
         raise AllocationError(
             f"full-pcpus-only: {count} CPUs cannot be made of whole free cores "
             f"({len(whole_free)} CPUs are in whole free cores: {whole_free or 'none'})"
         )
 
 
+def _popcount(mask: int) -> int:
+    return mask.bit_count()
+
+
+def _low_cpu(mask: int) -> int:
+    return (mask & -mask).bit_length() - 1
+
+
+class _Index:
+    """The topology as int masks: domain levels, cores, and who contains whom. Built once per
+    Topology and memoised on it, since it depends on nothing else.
+    """
+
+    def __init__(self, topology: Topology) -> None:
+        sockets = [c.mask for c in topology.sockets.values()]
+        numas = [c.mask for c in topology.numas.values()]
+        larger_first = [sockets, numas]
+        if max(map(_popcount, numas), default=0) > max(map(_popcount, sockets), default=0):
+            larger_first.reverse()
+        levels = [*larger_first, [c.mask for c in topology.l3_groups.values()]]
+        self.levels: list[list[int]] = [level for level in levels if level]
+        self.cores: list[int] = [c.mask for c in topology.cores.values()]
+        self.all_cores: list[int] = list(range(len(self.cores)))
+        self.core_of_cpu: dict[int, int] = {}
+        for index, core in enumerate(self.cores):
+            for cpu in CpuSet(core):
+                self.core_of_cpu[cpu] = index
+        # Per level: the group of every CPU, and the cores touching every group.
+        self.group_of: list[dict[int, int]] = []
+        self.cores_in: list[list[list[int]]] = []
+        for level in self.levels:
+            index_of: dict[int, int] = {}
+            for gi, group in enumerate(level):
+                for cpu in CpuSet(group):
+                    index_of[cpu] = gi
+            self.group_of.append(index_of)
+            touching: list[set[int]] = [set() for _ in level]
+            for ci, core in enumerate(self.cores):
+                for cpu in CpuSet(core):
+                    if cpu in index_of:
+                        touching[index_of[cpu]].add(ci)
+            self.cores_in.append([sorted(t) for t in touching])
+
+    @staticmethod
+    def of(topology: Topology) -> _Index:
+        """The memoised index of ``topology``."""
+        index = topology.derived.get("allocator")
+        if not isinstance(index, _Index):
+            index = _Index(topology)
+            topology.derived["allocator"] = index
+        return index
+
+
 class _Context:
-    """Per-request view of the topology: domain levels, free-count keys, core helpers."""
+    """Per-request view: the topology index plus the free CPUs and the sort keys."""
 
     def __init__(self, topology: Topology, free: CpuSet) -> None:
         self.topology = topology
         self.free = free
-        sockets = list(topology.sockets.values())
-        numas = list(topology.numas.values())
-        larger_first = [sockets, numas]
-        if max(map(len, numas), default=0) > max(map(len, sockets), default=0):
-            larger_first.reverse()
-        self.levels: list[list[CpuSet]] = [*larger_first, list(topology.l3_groups.values())]
-        self.levels = [level for level in self.levels if len(level) > 0]
-        self.cores: list[CpuSet] = list(topology.cores.values())
-        # For each level, the group index of every CPU: the key of "most-used domain first".
-        self._group_of: list[dict[int, int]] = []
-        for level in self.levels:
-            index: dict[int, int] = {}
-            for i, group in enumerate(level):
-                for cpu in group:
-                    index[cpu] = i
-            self._group_of.append(index)
+        index = _Index.of(topology)
+        self.levels = index.levels
+        self.cores = index.cores
+        self.all_cores = index.all_cores
+        self.core_of_cpu = index.core_of_cpu
+        self.group_of = index.group_of
+        self.cores_in = index.cores_in
 
-    def pack_key(self, cpus: CpuSet, free: CpuSet) -> tuple[int, ...]:
+    def pack_key(self, mask: int, free: int) -> tuple[int, ...]:
         """Sort key: fewer free CPUs in each enclosing domain first, then the lowest CPU."""
-        first = cpus.first()
+        first = _low_cpu(mask)
         key = []
-        for level, index in zip(self.levels, self._group_of, strict=True):
+        for level, index in zip(self.levels, self.group_of, strict=True):
             group = index.get(first)
-            key.append(len(level[group] & free) if group is not None else 0)
+            key.append(_popcount(level[group] & free) if group is not None else 0)
         key.append(first)
         return tuple(key)
 
@@ -119,99 +167,117 @@ class _Context:
         """CPUs of the cores that lie entirely inside ``cpus``."""
         mask = 0
         for core in self.cores:
-            if core <= cpus:
-                mask |= core.mask
+            if core & ~cpus.mask == 0:
+                mask |= core
         return CpuSet(mask)
 
-    def free_cores(self, scope: CpuSet) -> list[CpuSet]:
-        """Cores lying entirely inside ``scope``."""
-        return [core for core in self.cores if core <= scope]
-
-    def whole_capacity(self, scope: CpuSet, count: int) -> int:
+    def whole_capacity(self, scope: int, count: int, candidates: list[int]) -> int:
         """Most CPUs, up to ``count``, that whole cores inside ``scope`` can make up.
 
         Greedy by core size, which is exact for the 1/2/4-thread sizes real machines have.
         """
+        sizes = sorted(
+            (_popcount(self.cores[i]) for i in candidates if self.cores[i] & ~scope == 0),
+            reverse=True,
+        )
         total = 0
-        for size in sorted((len(c) for c in self.free_cores(scope)), reverse=True):
+        for size in sizes:
             if total + size <= count:
                 total += size
                 if total == count:
                     break
         return total
 
+    def quality(self, scope: int, count: int, candidates: list[int]) -> tuple[object, ...]:
+        """What an allocation inside ``scope`` can achieve: the whole domains it could take at
+        each level, and how many CPUs whole cores can cover. A narrower scope is only chosen
+        when it gives up none of these.
+        """
+        whole_groups = tuple(
+            any(g and g & ~scope == 0 and _popcount(g) <= count for g in level)
+            for level in self.levels
+        )
+        return (whole_groups, self.whole_capacity(scope, count, candidates))
 
-def _take(ctx: _Context, free: CpuSet, count: int, strategy: Strategy) -> CpuSet:
-    """Take ``count`` CPUs out of ``free`` (which holds at least that many)."""
-    taken = CpuSet()
-    # 1. Whole free domains, larger levels first, while the request covers a whole one.
+
+def _take(ctx: _Context, free_set: CpuSet, count: int, strategy: Strategy) -> CpuSet:
+    """Take ``count`` CPUs out of ``free_set`` (which holds at least that many)."""
+    free = free_set.mask
+    scope = _narrow(ctx, free, free, count)
+    taken = 0
+    # Whole free domains inside the scope, larger levels first, most-used first.
     for level in ctx.levels:
         while count > 0:
-            candidates = [g for g in level if len(g) <= count and g <= free]
+            candidates = [g for g in level if g and g & ~scope == 0 and _popcount(g) <= count]
             if not candidates:
                 break
             group = min(candidates, key=lambda g: ctx.pack_key(g, free))
-            taken, free, count = taken | group, free - group, count - len(group)
+            taken |= group
+            scope &= ~group
+            free &= ~group
+            count -= _popcount(group)
     if count == 0:
-        return taken
-    # 2. The tightest domain that holds the rest without losing whole cores.
-    scope = _best_fit_scope(ctx, free, count)
-    # 3. Cores and threads inside it.
+        return CpuSet(taken)
+    scope = _narrow(ctx, scope, free, count)
     if strategy is Strategy.SPREAD:
-        return taken | _pick_spread(ctx, scope, count)
-    return taken | _pick_packed(ctx, scope, count)
+        return CpuSet(taken | _pick_spread(ctx, scope, free, count))
+    return CpuSet(taken | _pick_packed(ctx, scope, free, count))
 
 
-def _best_fit_scope(ctx: _Context, free: CpuSet, count: int) -> CpuSet:
-    scope = free
-    target = ctx.whole_capacity(scope, count)
-    for level in ctx.levels:
-        fitting = []
-        for group in level:
+def _narrow(ctx: _Context, scope: int, free: int, count: int) -> int:
+    """The tightest domain inside ``scope`` that holds ``count`` CPUs at no loss of quality;
+    among equals, the one with the fewest free CPUs (best fit), then the most-used.
+    """
+    target = ctx.quality(scope, count, ctx.all_cores)
+    for li, level in enumerate(ctx.levels):
+        best: tuple[tuple[int, tuple[int, ...]], int] | None = None
+        for gi, group in enumerate(level):
             part = group & scope
-            if len(part) >= count and ctx.whole_capacity(part, count) == target:
-                fitting.append(part)
-        if fitting:
-            scope = min(fitting, key=lambda p: (len(p), ctx.pack_key(p, free)))
+            size = _popcount(part)
+            if size < count or (best is not None and size > best[0][0]):
+                continue
+            if ctx.quality(part, count, ctx.cores_in[li][gi]) != target:
+                continue
+            key = (size, ctx.pack_key(part, free))
+            if best is None or key < best[0]:
+                best = (key, part)
+        if best is not None:
+            scope = best[1]
     return scope
 
 
-def _pick_packed(ctx: _Context, scope: CpuSet, count: int) -> CpuSet:
+def _pick_packed(ctx: _Context, scope: int, free: int, count: int) -> int:
     """Whole cores (largest first, most-used first), then threads of the most-used cores."""
     taken = 0
-    cores = sorted(ctx.free_cores(scope), key=lambda c: (-len(c), ctx.pack_key(c, scope)))
+    cores = [c for c in ctx.cores if c & ~scope == 0]
+    cores.sort(key=lambda c: (-_popcount(c), ctx.pack_key(c, free)))
     for core in cores:
-        if len(core) <= count:
-            taken |= core.mask
-            count -= len(core)
+        size = _popcount(core)
+        if size <= count:
+            taken |= core
+            count -= size
             if count == 0:
-                return CpuSet(taken)
-    rest = scope - CpuSet(taken)
-    for cpu in _threads_most_used_first(ctx, rest)[:count]:
+                return taken
+    rest = scope & ~taken
+
+    def most_used(cpu: int) -> tuple[int, tuple[int, ...]]:
+        siblings = ctx.cores[ctx.core_of_cpu[cpu]]
+        return (_popcount(siblings & rest), ctx.pack_key(1 << cpu, free))
+
+    for cpu in sorted(CpuSet(rest), key=most_used)[:count]:
         taken |= 1 << cpu
-    return CpuSet(taken)
+    return taken
 
 
-def _pick_spread(ctx: _Context, scope: CpuSet, count: int) -> CpuSet:
+def _pick_spread(ctx: _Context, scope: int, free: int, count: int) -> int:
     """One thread from each core in turn (idlest cores first), then the next thread of each."""
-    by_core: list[list[int]] = []
-    for core in ctx.cores:
-        threads = (core & scope).to_list()
-        if threads:
-            by_core.append(threads)
-    by_core.sort(key=lambda t: (-len(t), ctx.pack_key(CpuSet.of(t), scope)))
+    by_core = [CpuSet(core & scope).to_list() for core in ctx.cores if core & scope]
+    by_core.sort(key=lambda t: (-len(t), ctx.pack_key(1 << t[0], free)))
     order = [cpu for round_ in itertools.zip_longest(*by_core) for cpu in round_ if cpu is not None]
-    return CpuSet.of(order[:count])
-
-
-def _threads_most_used_first(ctx: _Context, cpus: CpuSet) -> Sequence[int]:
-    """CPUs of the cores with the fewest free threads first, then most-used domain first."""
-    topo = ctx.topology
-
-    def key(cpu: int) -> tuple[int, tuple[int, ...]]:
-        return (len(topo.siblings_of(cpu) & cpus), ctx.pack_key(CpuSet.of([cpu]), cpus))
-
-    return sorted(cpus, key=key)
+    taken = 0
+    for cpu in order[:count]:
+        taken |= 1 << cpu
+    return taken
 
 
 def _distribute_across_numa(
@@ -270,7 +336,7 @@ def _fits(ctx: _Context, part: CpuSet, share: int, options: AllocationOptions) -
     if share > len(part):
         return False
     if options.full_pcpus_only:
-        return ctx.whole_capacity(part, share) == share
+        return ctx.whole_capacity(part.mask, share, ctx.all_cores) == share
     return True
 
 

@@ -86,8 +86,11 @@ class Topology:
     numas: Mapping[int, CpuSet] = field(init=False)
     l3_groups: Mapping[int, CpuSet] = field(init=False)
     l2_groups: Mapping[int, CpuSet] = field(init=False)
+    derived: dict[str, object] = field(init=False, compare=False, repr=False)
+    """Memo of indexes other pure modules derive from this topology (e.g. the allocator's)."""
 
     def __post_init__(self) -> None:
+        _set(self, "derived", {})
         for key, info in self.cpus.items():
             if key != info.cpu:
                 raise TopologyError(f"CPU map key {key} holds the facts of CPU {info.cpu}")
@@ -185,7 +188,7 @@ def _group(infos: Iterable[CpuInfo], key: Callable[[CpuInfo], K]) -> dict[K, Cpu
     for info in infos:
         k = key(info)
         masks[k] = masks.get(k, 0) | 1 << info.cpu
-    return {k: CpuSet(m) for k, m in sorted(masks.items(), key=lambda kv: (kv[1] & -kv[1]))}
+    return {k: CpuSet(m) for k, m in sorted(masks.items(), key=lambda kv: kv[1] & -kv[1])}
 
 
 def _group_optional(
