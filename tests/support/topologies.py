@@ -17,6 +17,9 @@ Two entry points, both stable API for allocator / slice tests and bench/:
       (AMD CCX style); when k does not divide the core count the last group is smaller.
     - ``cores_per_numa`` may be a sequence with one count per NUMA node (uneven machines).
     - ``dies_per_socket``: a socket's cores are split into this many contiguous dies.
+    - ``cluster_size``: every k consecutive cores of a NUMA node form a cluster (ARM / Intel
+      module style); default ``None`` → no clusters (sysfs ``cluster_id`` 65535) except the
+      E-core groups of hybrid machines.
     - ``sibling_layout``: ``"spread"`` (default, x86 Linux numbering: thread 0 of every core
       first, then thread 1 of every core, …; so on 2x10x2 CPU 0's sibling is CPU 20) or
       ``"adjacent"`` (siblings get consecutive ids: 0,1 = core 0).
@@ -91,6 +94,7 @@ def make_topology(
     hybrid: bool | int = False,
     l3_per: L3Per = "socket",
     dies_per_socket: int = 1,
+    cluster_size: int | None = None,
     sibling_layout: SiblingLayout = "spread",
     cpuless_nodes: int = 0,
     memoryless_nodes: Iterable[int] = (),
@@ -110,7 +114,7 @@ def make_topology(
         raise ValueError(f"cores_per_numa needs {num_numa} counts ≥ 1, got {cores_per_numa!r}")
 
     cores = _layout_cores(
-        sockets, numa_per_socket, per_numa, threads, hybrid, l3_per, dies_per_socket
+        sockets, numa_per_socket, per_numa, threads, hybrid, l3_per, dies_per_socket, cluster_size
     )
     cpu_ids = _number_cpus(cores, sibling_layout)
 
@@ -182,6 +186,7 @@ def _layout_cores(
     hybrid: bool | int,
     l3_per: L3Per,
     dies_per_socket: int,
+    cluster_size: int | None = None,
 ) -> list[_Core]:
     cores: list[_Core] = []
     hybrid_machine = hybrid is True or (not isinstance(hybrid, bool) and hybrid > 0)
@@ -189,6 +194,7 @@ def _layout_cores(
     l3_of_key: dict[tuple[int, ...], int] = {}
     e_group_next = 0
     l2_next = 0
+    cluster_next = 0
     for socket in range(sockets):
         socket_cores = sum(per_numa[socket * numa_per_socket : (socket + 1) * numa_per_socket])
         die_size = -(-socket_cores // dies_per_socket)
@@ -236,6 +242,10 @@ def _layout_cores(
                     l2 = l2_next
                     l2_next += 1
                     cluster = None
+                    if cluster_size:
+                        if index % cluster_size == 0:
+                            cluster_next += 1
+                        cluster = cluster_next - 1
                 cores.append(
                     _Core(
                         socket=socket,
