@@ -1,0 +1,358 @@
+"""One NRI socket: the multiplexer plus a ttrpc server (conn 1) and a ttrpc client (conn 2).
+
+:class:`MuxConnection` owns a connected byte stream. Its :meth:`~MuxConnection.run` task reads
+frames, demultiplexes them into the two ttrpc byte streams, serves each incoming request on
+conn 1 in its own task (the runtime calls the plugin) and matches responses on conn 2 to the
+calls made with :meth:`~MuxConnection.call` (the plugin calls the runtime).
+
+Everything is bounded: the decoders hold at most one maximal frame, at most
+``max_concurrent_requests`` requests are served at once (more are refused with
+RESOURCE_EXHAUSTED), and frames for unknown logical connections are dropped without buffering.
+A malformed or oversized frame, EOF, or a failed write closes the connection: the reason is
+logged once, every pending call fails with :class:`ConnectionClosedError`, and every request
+task is cancelled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from dracpu.nri import mux, ttrpc
+from dracpu.nri.errors import ConnectionClosedError, FrameError, RpcStatusError
+from dracpu.nri.ttrpc import Code, MessageType
+from generated.google.rpc import Status
+from generated.ttrpc import Request, Response
+
+log = logging.getLogger("dracpu.nri")
+
+RequestHandler = Callable[[str, str, bytes], Awaitable[bytes]]
+"""Serves one unary request: ``(service, method, payload) -> response payload``.
+
+Raise :class:`RpcStatusError` to answer with a specific status code; any other exception is
+answered with UNKNOWN and its text (and logged). Cancellation (connection loss or the request's
+own deadline) is delivered as ``trio.Cancelled`` and must be allowed to propagate.
+"""
+
+READ_SIZE = 1 << 16
+_MAX_STREAM_ID = 0xFFFFFFFF
+
+
+@dataclass
+class _Pending:
+    """A call on conn 2 waiting for its response."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    response: Response | None = None
+    error: Exception | None = None
+
+
+class MuxConnection:
+    """The two ttrpc conversations of one NRI socket; see the module docstring."""
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        serve: RequestHandler,
+        *,
+        name: str = "nri",
+        max_concurrent_requests: int = 64,
+    ) -> None:
+        self._stream = stream
+        self._serve = serve
+        self._name = name
+        self._max_concurrent = max_concurrent_requests
+        self._write_lock = trio.Lock()
+        self._next_stream_id = 1
+        self._last_request_id = 0
+        self._pending: dict[int, _Pending] = {}
+        self._handler_tasks: set[trio.lowlevel.Task] = set()
+        self._closed = trio.Event()
+        self._close_reason = ""
+        self._cancel_scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection is closed (or closing)."""
+        return bool(self._close_reason)
+
+    @property
+    def close_reason(self) -> str:
+        """Why the connection closed; empty while it is open."""
+        return self._close_reason
+
+    def in_handler(self) -> bool:
+        """True when the calling task is one of this connection's request-handler tasks."""
+        return trio.lowlevel.current_task() in self._handler_tasks
+
+    def close(self, reason: str) -> None:
+        """Close the connection (idempotent); :meth:`run` returns ``reason`` soon after."""
+        if not self._close_reason:
+            self._close_reason = reason
+        for pending in self._pending.values():
+            if pending.error is None and pending.response is None:
+                pending.error = ConnectionClosedError(self._close_reason)
+                pending.done.set()
+        if self._cancel_scope is not None:
+            self._cancel_scope.cancel()
+
+    async def wait_closed(self) -> str:
+        """Wait until :meth:`run` has finished; return the close reason.
+
+        Cancellation: only the wait is abandoned; the connection is unaffected.
+        """
+        await self._closed.wait()
+        return self._close_reason
+
+    # ------------------------------------------------------------------ main task
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> str:
+        """Read and dispatch until the connection closes; return the (logged) close reason.
+
+        Started with ``nursery.start``, it reports started once it is reading, so requests sent by
+        the peer from then on are served. Peer misbehaviour never raises out of here.
+
+        Cancellation: cancelling the caller closes the connection: request tasks are cancelled,
+        pending calls fail with :class:`ConnectionClosedError`, the stream is closed.
+        """
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._cancel_scope = nursery.cancel_scope
+                if self._close_reason:
+                    nursery.cancel_scope.cancel()
+                task_status.started()
+                try:
+                    await self._read_loop()
+                    self.close("peer closed the socket (EOF)")
+                except FrameError as exc:
+                    self.close(f"protocol error: {exc}")
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                    self.close(f"socket error: {exc!r}")
+        finally:
+            if not self._close_reason:
+                self._close_reason = "cancelled locally"
+            self.close(self._close_reason)
+            await trio.aclose_forcefully(self._stream)
+            self._closed.set()
+        log.info("%s: connection closed: %s", self._name, self._close_reason)
+        return self._close_reason
+
+    async def _read_loop(self) -> None:
+        frames = mux.Decoder(origin=f"{self._name} mux")
+        server = ttrpc.Decoder(origin=f"{self._name} conn 1 (Plugin service)")
+        client = ttrpc.Decoder(origin=f"{self._name} conn 2 (Runtime service)")
+        while True:
+            data = await self._stream.receive_some(READ_SIZE)
+            if not data:
+                return
+            for conn_id, payload in frames.feed(data):
+                if conn_id == mux.PLUGIN_SERVICE_CONN:
+                    for msg in server.feed(payload):
+                        self._on_server_message(msg)
+                elif conn_id == mux.RUNTIME_SERVICE_CONN:
+                    for msg in client.feed(payload):
+                        self._on_client_message(msg)
+                else:
+                    log.debug(
+                        "%s: dropped %d bytes for unopened conn %d",
+                        self._name,
+                        len(payload),
+                        conn_id,
+                    )
+
+    # ------------------------------------------------------------------ server side (conn 1)
+
+    def _on_server_message(self, msg: ttrpc.Message) -> None:
+        if msg.type != MessageType.REQUEST:
+            # Go's server ignores unknown types for forward compatibility; NRI sends none.
+            log.debug("%s: ignored ttrpc message type %d on conn 1", self._name, msg.type)
+            return
+        assert self._nursery is not None
+        if msg.stream_id % 2 == 0:
+            self._nursery.start_soon(
+                self._reply_error,
+                msg.stream_id,
+                Code.INVALID_ARGUMENT,
+                "StreamID must be odd for client initiated streams",
+            )
+            return
+        if msg.stream_id <= self._last_request_id:
+            self._nursery.start_soon(
+                self._reply_error,
+                msg.stream_id,
+                Code.INVALID_ARGUMENT,
+                "StreamID cannot be re-used and must increment",
+            )
+            return
+        self._last_request_id = msg.stream_id
+        if len(self._handler_tasks) >= self._max_concurrent:
+            self._nursery.start_soon(
+                self._reply_error,
+                msg.stream_id,
+                Code.RESOURCE_EXHAUSTED,
+                f"more than {self._max_concurrent} concurrent requests",
+            )
+            return
+        self._nursery.start_soon(self._serve_one, msg)
+
+    async def _serve_one(self, msg: ttrpc.Message) -> None:
+        task = trio.lowlevel.current_task()
+        self._handler_tasks.add(task)
+        try:
+            try:
+                request = Request.parse(msg.body)
+            except Exception as exc:
+                await self._reply_error(
+                    msg.stream_id, Code.INVALID_ARGUMENT, f"undecodable ttrpc request: {exc}"
+                )
+                return
+            method = f"{request.service}/{request.method}"
+            timeout = request.timeout_nano / 1e9 if request.timeout_nano > 0 else math.inf
+            payload = b""
+            status: Status | None = None
+            with trio.move_on_after(timeout) as scope:
+                try:
+                    payload = await self._serve(request.service, request.method, request.payload)
+                except RpcStatusError as exc:
+                    status = Status(code=exc.code, message=exc.status_message)
+                except Exception as exc:
+                    log.exception("%s: handler for %s failed", self._name, method)
+                    status = Status(code=Code.UNKNOWN, message=str(exc) or type(exc).__name__)
+            if scope.cancelled_caught:
+                log.warning("%s: %s exceeded its %.3f s deadline", self._name, method, timeout)
+                status = Status(code=Code.DEADLINE_EXCEEDED, message="context deadline exceeded")
+            if status is not None:
+                payload = b""
+            body = bytes(Response(status=status, payload=payload))
+            if len(body) > ttrpc.MAX_MESSAGE_LENGTH:
+                log.error(
+                    "%s: response to %s is %d bytes, over the ttrpc limit",
+                    self._name,
+                    method,
+                    len(body),
+                )
+                await self._reply_error(
+                    msg.stream_id,
+                    Code.RESOURCE_EXHAUSTED,
+                    f"response of {len(body)} bytes exceeds 4 MiB",
+                )
+                return
+            await self._send(
+                mux.PLUGIN_SERVICE_CONN, ttrpc.encode(msg.stream_id, MessageType.RESPONSE, body)
+            )
+        except ConnectionClosedError:
+            pass
+        finally:
+            self._handler_tasks.discard(task)
+
+    async def _reply_error(self, stream_id: int, code: int, message: str) -> None:
+        body = bytes(Response(status=Status(code=code, message=message)))
+        with contextlib.suppress(ConnectionClosedError):
+            await self._send(
+                mux.PLUGIN_SERVICE_CONN, ttrpc.encode(stream_id, MessageType.RESPONSE, body)
+            )
+
+    # ------------------------------------------------------------------ client side (conn 2)
+
+    def _on_client_message(self, msg: ttrpc.Message) -> None:
+        if msg.type != MessageType.RESPONSE:
+            log.debug("%s: ignored ttrpc message type %d on conn 2", self._name, msg.type)
+            return
+        pending = self._pending.get(msg.stream_id)
+        if pending is None:
+            log.debug("%s: dropped response for unknown stream %d", self._name, msg.stream_id)
+            return
+        try:
+            pending.response = Response.parse(msg.body)
+        except Exception as exc:
+            pending.error = RpcStatusError(Code.INTERNAL, f"undecodable ttrpc response: {exc}")
+        pending.done.set()
+
+    async def call(
+        self,
+        service: str,
+        method: str,
+        payload: bytes,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 (sent as timeout_nano)
+    ) -> bytes:
+        """Call ``service/method`` on the runtime (conn 2); return the response payload.
+
+        ``timeout`` (seconds) bounds the wait for the answer and is sent as ``timeout_nano``.
+        Raises :class:`RpcStatusError` for a non-OK status (DEADLINE_EXCEEDED when ``timeout``
+        expires), :class:`ConnectionClosedError` when the connection is or becomes closed,
+        :class:`OversizedMessageError` for a request over 4 MiB.
+
+        Cancellation: the call is abandoned; a late response is dropped. If cancellation lands
+        in the middle of writing the request, the connection is closed, since a half-written
+        frame cannot be taken back.
+        """
+        name = f"{service}/{method}"
+        timeout_nano = int(timeout * 1e9) if timeout is not None else 0
+        body = bytes(
+            Request(service=service, method=method, payload=payload, timeout_nano=timeout_nano)
+        )
+        pending = _Pending()
+        async with self._write_lock:
+            if self._close_reason:
+                raise ConnectionClosedError(self._close_reason)
+            stream_id = self._next_stream_id
+            if stream_id > _MAX_STREAM_ID:
+                self.close("ttrpc stream ids exhausted")
+                raise ConnectionClosedError(self._close_reason)
+            data = mux.encode_message(
+                mux.RUNTIME_SERVICE_CONN,
+                ttrpc.encode(stream_id, MessageType.REQUEST, body, method=name),
+            )
+            self._next_stream_id += 2
+            self._pending[stream_id] = pending
+            try:
+                await self._write(data)
+            except BaseException:
+                self._pending.pop(stream_id, None)
+                raise
+        try:
+            with trio.fail_after(timeout if timeout is not None else math.inf):
+                await pending.done.wait()
+        except trio.TooSlowError:
+            raise RpcStatusError(
+                Code.DEADLINE_EXCEEDED, f"no answer within {timeout} s", method=name
+            ) from None
+        finally:
+            self._pending.pop(stream_id, None)
+        if pending.error is not None:
+            raise pending.error
+        assert pending.response is not None
+        status = pending.response.status
+        if status is not None and status.code != Code.OK:
+            raise RpcStatusError(status.code, status.message, method=name)
+        return bytes(pending.response.payload)
+
+    # ------------------------------------------------------------------ writing
+
+    async def _send(self, conn_id: int, message: bytes) -> None:
+        data = mux.encode_message(conn_id, message)
+        async with self._write_lock:
+            if self._close_reason:
+                raise ConnectionClosedError(self._close_reason)
+            await self._write(data)
+
+    async def _write(self, data: bytes) -> None:
+        """Write under the lock; any failure or cancellation mid-write closes the connection."""
+        try:
+            await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self.close(f"write failed: {exc!r}")
+            raise ConnectionClosedError(self._close_reason) from exc
+        except BaseException:
+            self.close("write interrupted by cancellation")
+            raise

@@ -1,0 +1,366 @@
+"""The NRI plugin lifecycle: dial, register, serve, resynchronize, redial.
+
+Per connection (a *session*): start serving conn 1 *before* sending RegisterPlugin (the runtime
+sends Configure before it answers RegisterPlugin), answer Configure with the subscribed events
+clamped to what the runtime knows, accumulate chunked Synchronize requests (``more=true``) and
+hand the full state to the handler once, then dispatch events until the socket closes. The
+runtime never reconnects to a plugin, so :meth:`NriPlugin.run` redials with bounded exponential
+backoff with jitter and re-registers with the same name and index; the new Synchronize is the
+full resync.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import betterproto2
+import trio
+
+from dracpu.errors import InvalidValueError, ProtocolError
+from dracpu.nri.backoff import Backoff
+from dracpu.nri.connection import MuxConnection
+from dracpu.nri.errors import ConnectionClosedError, RpcStatusError
+from dracpu.nri.events import DEFAULT_EVENTS, SUBSCRIBABLE, events_of, mask_of, runtime_valid_mask
+from dracpu.nri.handler import NriHandler, RuntimeInfo
+from dracpu.nri.ttrpc import Code
+from generated.nri.pkg.api import v1alpha1 as api
+
+log = logging.getLogger("dracpu.nri")
+
+PLUGIN_SERVICE = "nri.pkg.api.v1alpha1.Plugin"
+RUNTIME_SERVICE = "nri.pkg.api.v1alpha1.Runtime"
+DEFAULT_SOCKET_PATH = "/var/run/nri/nri.sock"
+DEFAULT_REGISTRATION_TIMEOUT = 5.0
+DEFAULT_REQUEST_TIMEOUT = 2.0
+# Synchronize chunks are accumulated until the last one; bound what one resync may hold.
+MAX_SYNC_BYTES = 256 << 20
+
+_NAME = re.compile(r"^[a-zA-Z0-9_.+-]+$")
+_INDEX = re.compile(r"^[0-9]{2}$")
+
+Dialer = Callable[[], Awaitable[trio.abc.Stream]]
+
+# Notification RPCs (dedicated since NRI v0.12, StateChange before): method -> (event, type).
+_NOTIFICATIONS: dict[str, tuple[api.Event, type[betterproto2.Message]]] = {
+    "RunPodSandbox": (api.Event.RUN_POD_SANDBOX, api.RunPodSandboxRequest),
+    "StopPodSandbox": (api.Event.STOP_POD_SANDBOX, api.StopPodSandboxRequest),
+    "RemovePodSandbox": (api.Event.REMOVE_POD_SANDBOX, api.RemovePodSandboxRequest),
+    "UpdatePodSandbox": (api.Event.UPDATE_POD_SANDBOX, api.UpdatePodSandboxRequest),
+    "PostUpdatePodSandbox": (api.Event.POST_UPDATE_POD_SANDBOX, api.PostUpdatePodSandboxRequest),
+    "PostCreateContainer": (api.Event.POST_CREATE_CONTAINER, api.PostCreateContainerRequest),
+    "StartContainer": (api.Event.START_CONTAINER, api.StartContainerRequest),
+    "PostStartContainer": (api.Event.POST_START_CONTAINER, api.PostStartContainerRequest),
+    "PostUpdateContainer": (api.Event.POST_UPDATE_CONTAINER, api.PostUpdateContainerRequest),
+    "RemoveContainer": (api.Event.REMOVE_CONTAINER, api.RemoveContainerRequest),
+}
+
+
+_M = TypeVar("_M", bound=betterproto2.Message)
+
+
+def _decode(kind: type[_M], payload: bytes, method: str) -> _M:
+    try:
+        return kind.parse(payload)
+    except Exception as exc:
+        raise RpcStatusError(Code.INVALID_ARGUMENT, f"undecodable {method} request: {exc}") from exc
+
+
+@dataclass
+class _Session:
+    """Protocol state of one connection."""
+
+    conn: MuxConnection
+    runtime: RuntimeInfo | None = None
+    synchronized: trio.Event = field(default_factory=trio.Event)
+    sync_pods: list[api.PodSandbox] = field(default_factory=list)
+    sync_containers: list[api.Container] = field(default_factory=list)
+    sync_bytes: int = 0
+
+
+class NriPlugin:
+    """An external NRI plugin that forwards runtime events to an :class:`NriHandler`.
+
+    ``name`` must match ``[a-zA-Z0-9_.+-]+`` and ``index`` be two digits (NRI >= v0.12 enforces
+    both). ``events`` is the desired subscription; Configure clamps it to the runtime's events.
+    ``dial`` opens the socket (default: the unix socket at ``socket_path``); tests pass an
+    in-memory stream factory. ``backoff`` paces redials.
+    """
+
+    def __init__(
+        self,
+        handler: NriHandler,
+        *,
+        name: str = "dra.cpu",
+        index: str = "90",
+        socket_path: str = DEFAULT_SOCKET_PATH,
+        events: Collection[api.Event] = DEFAULT_EVENTS,
+        dial: Dialer | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        if not _NAME.match(name):
+            raise InvalidValueError(
+                "NRI plugin name must match [a-zA-Z0-9_.+-]+", value=name, origin="nri plugin name"
+            )
+        if not _INDEX.match(index):
+            raise InvalidValueError(
+                "NRI plugin index must be exactly two digits",
+                value=index,
+                origin="nri plugin index",
+            )
+        unknown = [e for e in events if e not in SUBSCRIBABLE]
+        if unknown or not events:
+            raise InvalidValueError(
+                "NRI events must be a non-empty set of subscribable events",
+                value=sorted(int(e) for e in unknown),
+                origin="nri plugin events",
+            )
+        self._handler = handler
+        self._name = name
+        self._index = index
+        self._socket_path = socket_path
+        self._events = frozenset(events)
+        self._dial: Dialer = dial if dial is not None else self._dial_unix
+        self._backoff = backoff if backoff is not None else Backoff()
+        self._session: _Session | None = None
+        self._sessions_synchronized = 0
+
+    @property
+    def name(self) -> str:
+        """The registered plugin name (``index-name`` in runtime logs)."""
+        return f"{self._index}-{self._name}"
+
+    @property
+    def connected(self) -> bool:
+        """True while a session is registered and synchronized."""
+        s = self._session
+        return s is not None and s.synchronized.is_set() and not s.conn.closed
+
+    @property
+    def runtime(self) -> RuntimeInfo | None:
+        """The current session's runtime description, None when not configured."""
+        return self._session.runtime if self._session is not None else None
+
+    @property
+    def sessions_synchronized(self) -> int:
+        """How many connections reached a completed Synchronize (1 + successful reconnects)."""
+        return self._sessions_synchronized
+
+    async def _dial_unix(self) -> trio.abc.Stream:
+        return await trio.open_unix_socket(self._socket_path)
+
+    # ------------------------------------------------------------------ public API
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Stay connected to the runtime forever, redialling with backoff after every loss.
+
+        Reports started (for ``nursery.start``) after the first completed Synchronize, so
+        ``await nursery.start(plugin.run)`` waits until the runtime is reachable. Never returns;
+        connection problems are logged, never raised.
+
+        Cancellation: closes the current connection (the runtime then drops the plugin) and
+        cancels running handler calls.
+        """
+        started = False
+        while True:
+            try:
+                stream = await self._dial()
+            except OSError as exc:
+                delay = self._backoff.next_delay()
+                log.warning(
+                    "NRI: cannot connect to %s (%s); retrying in %.2f s",
+                    self._socket_path,
+                    exc,
+                    delay,
+                )
+                await trio.sleep(delay)
+                continue
+            reason = ""
+            async with trio.open_nursery() as nursery:
+                session = _Session(MuxConnection(stream, self._serve, name=f"nri {self.name}"))
+                self._session = session
+
+                async def report_ready(session: _Session = session) -> None:
+                    nonlocal started
+                    await session.synchronized.wait()
+                    log.info("NRI: plugin %s registered and synchronized", self.name)
+                    if not started:
+                        started = True
+                        task_status.started()
+
+                nursery.start_soon(report_ready)
+                reason = await self._run_session(session)
+                nursery.cancel_scope.cancel()
+            self._session = None
+            delay = self._backoff.next_delay()
+            log.warning("NRI: connection lost (%s); reconnecting in %.2f s", reason, delay)
+            await trio.sleep(delay)
+
+    async def update_containers(
+        self,
+        updates: Sequence[api.ContainerUpdate],
+        *,
+        timeout: float = 10.0,  # noqa: ASYNC109 (sent as timeout_nano)
+    ) -> list[api.ContainerUpdate]:
+        """Ask the runtime to apply ``updates`` now (Runtime/UpdateContainers).
+
+        For changes driven from outside NRI (e.g. DRA unprepare freeing CPUs). Unknown container
+        ids are skipped by the runtime; a failed update arrives as :class:`RpcStatusError`
+        (UNKNOWN, no detail). Returns the runtime's ``failed`` list (empty in practice).
+        Raises :class:`ConnectionClosedError` when not connected and
+        :class:`~dracpu.errors.ProtocolError` when awaited inside a handler, where it would
+        deadlock the runtime.
+
+        Cancellation: the call is abandoned; the runtime may still apply the updates.
+        """
+        session = self._session
+        if session is None or not session.synchronized.is_set() or session.conn.closed:
+            raise ConnectionClosedError("NRI plugin is not connected to a runtime")
+        if session.conn.in_handler():
+            raise ProtocolError(
+                "UpdateContainers awaited inside an NRI handler would deadlock the runtime; "
+                "return the updates in the handler's response instead"
+            )
+        payload = bytes(api.UpdateContainersRequest(update=list(updates)))
+        answer = await session.conn.call(
+            RUNTIME_SERVICE, "UpdateContainers", payload, timeout=timeout
+        )
+        return list(api.UpdateContainersResponse.parse(answer).failed)
+
+    # ------------------------------------------------------------------ session
+
+    async def _run_session(self, session: _Session) -> str:
+        conn = session.conn
+        async with trio.open_nursery() as nursery:
+            await nursery.start(conn.run)
+            request = api.RegisterPluginRequest(plugin_name=self._name, plugin_idx=self._index)
+            try:
+                await conn.call(
+                    RUNTIME_SERVICE,
+                    "RegisterPlugin",
+                    bytes(request),
+                    timeout=DEFAULT_REGISTRATION_TIMEOUT,
+                )
+            except (RpcStatusError, ConnectionClosedError) as exc:
+                conn.close(f"registration failed: {exc}")
+            return await conn.wait_closed()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _serve(self, service: str, method: str, payload: bytes) -> bytes:
+        """Dispatch one Plugin-service request of the current session."""
+        session = self._session
+        if service != PLUGIN_SERVICE:
+            raise RpcStatusError(Code.UNIMPLEMENTED, f"service {service}")
+        if session is None:
+            raise RpcStatusError(Code.UNAVAILABLE, "no session")
+        h = self._handler
+        match method:
+            case "Configure":
+                return await self._configure(
+                    session, _decode(api.ConfigureRequest, payload, method)
+                )
+            case "Synchronize":
+                return await self._synchronize(
+                    session, _decode(api.SynchronizeRequest, payload, method), len(payload)
+                )
+            case "Shutdown":
+                return b""
+            case "CreateContainer":
+                req = _decode(api.CreateContainerRequest, payload, method)
+                rsp = await h.create_container(
+                    req.pod or api.PodSandbox(), req.container or api.Container()
+                )
+                return bytes(rsp)
+            case "UpdateContainer":
+                upd = _decode(api.UpdateContainerRequest, payload, method)
+                updates = await h.update_container(
+                    upd.pod or api.PodSandbox(),
+                    upd.container or api.Container(),
+                    upd.linux_resources,
+                )
+                return bytes(api.UpdateContainerResponse(update=list(updates)))
+            case "StopContainer":
+                stop = _decode(api.StopContainerRequest, payload, method)
+                updates = await h.stop_container(
+                    stop.pod or api.PodSandbox(), stop.container or api.Container()
+                )
+                return bytes(api.StopContainerResponse(update=list(updates)))
+            case "StateChange":
+                evt = _decode(api.StateChangeEvent, payload, method)
+                await h.state_changed(api.Event(evt.event), evt.pod, evt.container)
+                return b""
+        if method in _NOTIFICATIONS:
+            event, kind = _NOTIFICATIONS[method]
+            note = _decode(kind, payload, method)
+            await h.state_changed(
+                event, getattr(note, "pod", None), getattr(note, "container", None)
+            )
+            return b""  # every *Response of a notification RPC is empty
+        raise RpcStatusError(Code.UNIMPLEMENTED, f"method {method}")
+
+    async def _configure(self, session: _Session, req: api.ConfigureRequest) -> bytes:
+        valid = runtime_valid_mask(req.NRI_version)
+        wanted = mask_of(self._events)
+        mask = wanted & valid
+        if mask != wanted:
+            log.warning(
+                "NRI: runtime %s %s (NRI %s) does not know events %s; not subscribing",
+                req.runtime_name,
+                req.runtime_version,
+                req.NRI_version or "< v0.12",
+                sorted(e.name for e in events_of(wanted & ~valid)),
+            )
+        if mask == 0:
+            raise RpcStatusError(
+                Code.FAILED_PRECONDITION, "none of the plugin's events is supported by this runtime"
+            )
+        info = RuntimeInfo(
+            name=req.runtime_name,
+            version=req.runtime_version,
+            nri_version=req.NRI_version,
+            registration_timeout=(
+                req.registration_timeout / 1000
+                if req.registration_timeout > 0
+                else DEFAULT_REGISTRATION_TIMEOUT
+            ),
+            request_timeout=(
+                req.request_timeout / 1000 if req.request_timeout > 0 else DEFAULT_REQUEST_TIMEOUT
+            ),
+            config=req.config,
+            events=events_of(mask),
+        )
+        await self._handler.configure(info)
+        session.runtime = info
+        log.info(
+            "NRI: configured by %s %s (NRI %s), events 0x%x, request timeout %.1f s",
+            info.name,
+            info.version,
+            info.nri_version or "unknown",
+            mask,
+            info.request_timeout,
+        )
+        return bytes(api.ConfigureResponse(events=mask))
+
+    async def _synchronize(
+        self, session: _Session, req: api.SynchronizeRequest, size: int
+    ) -> bytes:
+        session.sync_bytes += size
+        if session.sync_bytes > MAX_SYNC_BYTES:
+            session.sync_pods, session.sync_containers, session.sync_bytes = [], [], 0
+            raise RpcStatusError(
+                Code.RESOURCE_EXHAUSTED, f"synchronize state exceeds {MAX_SYNC_BYTES} bytes"
+            )
+        session.sync_pods.extend(req.pods)
+        session.sync_containers.extend(req.containers)
+        if req.more:
+            return bytes(api.SynchronizeResponse(more=True))
+        pods, containers = session.sync_pods, session.sync_containers
+        session.sync_pods, session.sync_containers, session.sync_bytes = [], [], 0
+        updates = await self._handler.synchronize(pods, containers)
+        session.synchronized.set()
+        self._sessions_synchronized += 1
+        self._backoff.reset()
+        return bytes(api.SynchronizeResponse(update=list(updates), more=False))
