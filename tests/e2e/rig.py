@@ -148,6 +148,12 @@ class Rig:
     def pause_image(self) -> str:
         return "registry.k8s.io/pause:dracpu-rig"
 
+    @property
+    def cgroup_parent(self) -> str:
+        """Cgroup (relative to each hierarchy's root) under which rig pods get their cgroups;
+        rig-down removes it. Pod sandboxes use ``/<cgroup_parent>/pod<uid>`` (cgroupfs)."""
+        return "dracpu-rig"
+
     def binary(self, name: str) -> Path:
         """Path of a rig binary (``kube-apiserver``, ``etcd``, ``containerd``, ``ctr`` ...)."""
         return self.bin_dir / name
