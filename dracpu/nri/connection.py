@@ -53,7 +53,11 @@ class _Pending:
 
 
 class MuxConnection:
-    """The two ttrpc conversations of one NRI socket; see the module docstring."""
+    """The two ttrpc conversations of one NRI socket; see the module docstring.
+
+    The plugin role (default) serves conn 1 and calls on conn 2; ``serve_conn=2, call_conn=1``
+    gives the runtime role, which tests use as an in-memory runtime.
+    """
 
     def __init__(
         self,
@@ -62,8 +66,12 @@ class MuxConnection:
         *,
         name: str = "nri",
         max_concurrent_requests: int = 64,
+        serve_conn: int = mux.PLUGIN_SERVICE_CONN,
+        call_conn: int = mux.RUNTIME_SERVICE_CONN,
     ) -> None:
         self._stream = stream
+        self._serve_conn = serve_conn
+        self._call_conn = call_conn
         self._serve = serve
         self._name = name
         self._max_concurrent = max_concurrent_requests
@@ -148,17 +156,17 @@ class MuxConnection:
 
     async def _read_loop(self) -> None:
         frames = mux.Decoder(origin=f"{self._name} mux")
-        server = ttrpc.Decoder(origin=f"{self._name} conn 1 (Plugin service)")
-        client = ttrpc.Decoder(origin=f"{self._name} conn 2 (Runtime service)")
+        server = ttrpc.Decoder(origin=f"{self._name} conn {self._serve_conn} (served)")
+        client = ttrpc.Decoder(origin=f"{self._name} conn {self._call_conn} (called)")
         while True:
             data = await self._stream.receive_some(READ_SIZE)
             if not data:
                 return
             for conn_id, payload in frames.feed(data):
-                if conn_id == mux.PLUGIN_SERVICE_CONN:
+                if conn_id == self._serve_conn:
                     for msg in server.feed(payload):
                         self._on_server_message(msg)
-                elif conn_id == mux.RUNTIME_SERVICE_CONN:
+                elif conn_id == self._call_conn:
                     for msg in client.feed(payload):
                         self._on_client_message(msg)
                 else:
@@ -247,7 +255,7 @@ class MuxConnection:
                 )
                 return
             await self._send(
-                mux.PLUGIN_SERVICE_CONN, ttrpc.encode(msg.stream_id, MessageType.RESPONSE, body)
+                self._serve_conn, ttrpc.encode(msg.stream_id, MessageType.RESPONSE, body)
             )
         except ConnectionClosedError:
             pass
@@ -257,9 +265,7 @@ class MuxConnection:
     async def _reply_error(self, stream_id: int, code: int, message: str) -> None:
         body = bytes(Response(status=Status(code=code, message=message)))
         with contextlib.suppress(ConnectionClosedError):
-            await self._send(
-                mux.PLUGIN_SERVICE_CONN, ttrpc.encode(stream_id, MessageType.RESPONSE, body)
-            )
+            await self._send(self._serve_conn, ttrpc.encode(stream_id, MessageType.RESPONSE, body))
 
     # ------------------------------------------------------------------ client side (conn 2)
 
@@ -285,7 +291,7 @@ class MuxConnection:
         *,
         timeout: float | None = None,  # noqa: ASYNC109 (sent as timeout_nano)
     ) -> bytes:
-        """Call ``service/method`` on the runtime (conn 2); return the response payload.
+        """Call ``service/method`` on the peer (conn 2 by default); return the response payload.
 
         ``timeout`` (seconds) bounds the wait for the answer and is sent as ``timeout_nano``.
         Raises :class:`RpcStatusError` for a non-OK status (DEADLINE_EXCEEDED when ``timeout``
@@ -310,7 +316,7 @@ class MuxConnection:
                 self.close("ttrpc stream ids exhausted")
                 raise ConnectionClosedError(self._close_reason)
             data = mux.encode_message(
-                mux.RUNTIME_SERVICE_CONN,
+                self._call_conn,
                 ttrpc.encode(stream_id, MessageType.REQUEST, body, method=name),
             )
             self._next_stream_id += 2

@@ -69,6 +69,22 @@ def _decode(kind: type[_M], payload: bytes, method: str) -> _M:
         raise RpcStatusError(Code.INVALID_ARGUMENT, f"undecodable {method} request: {exc}") from exc
 
 
+def _checked(value: object, kind: type[_M], name: str, method: str) -> _M | None:
+    """``value`` if it is a ``kind`` message or absent; betterproto2 decodes a field sent with
+    the wrong wire type as a raw scalar, which must not reach a handler."""
+    if value is None or isinstance(value, kind):
+        return value
+    raise RpcStatusError(Code.INVALID_ARGUMENT, f"{method}: field {name} is not a message")
+
+
+def _pod(value: object, method: str) -> api.PodSandbox | None:
+    return _checked(value, api.PodSandbox, "pod", method)
+
+
+def _container(value: object, method: str) -> api.Container | None:
+    return _checked(value, api.Container, "container", method)
+
+
 @dataclass
 class _Session:
     """Protocol state of one connection."""
@@ -271,32 +287,43 @@ class NriPlugin:
             case "CreateContainer":
                 req = _decode(api.CreateContainerRequest, payload, method)
                 rsp = await h.create_container(
-                    req.pod or api.PodSandbox(), req.container or api.Container()
+                    _pod(req.pod, method) or api.PodSandbox(),
+                    _container(req.container, method) or api.Container(),
                 )
                 return bytes(rsp)
             case "UpdateContainer":
                 upd = _decode(api.UpdateContainerRequest, payload, method)
                 updates = await h.update_container(
-                    upd.pod or api.PodSandbox(),
-                    upd.container or api.Container(),
-                    upd.linux_resources,
+                    _pod(upd.pod, method) or api.PodSandbox(),
+                    _container(upd.container, method) or api.Container(),
+                    _checked(upd.linux_resources, api.LinuxResources, "linux_resources", method),
                 )
                 return bytes(api.UpdateContainerResponse(update=list(updates)))
             case "StopContainer":
                 stop = _decode(api.StopContainerRequest, payload, method)
                 updates = await h.stop_container(
-                    stop.pod or api.PodSandbox(), stop.container or api.Container()
+                    _pod(stop.pod, method) or api.PodSandbox(),
+                    _container(stop.container, method) or api.Container(),
                 )
                 return bytes(api.StopContainerResponse(update=list(updates)))
             case "StateChange":
                 evt = _decode(api.StateChangeEvent, payload, method)
-                await h.state_changed(api.Event(evt.event), evt.pod, evt.container)
+                if evt.event not in SUBSCRIBABLE:
+                    log.debug("NRI: ignored StateChange with event %r", evt.event)
+                    return b""  # Go's stub ignores events it has no handler for, too
+                await h.state_changed(
+                    api.Event(evt.event),
+                    _pod(evt.pod, method),
+                    _container(evt.container, method),
+                )
                 return b""
         if method in _NOTIFICATIONS:
             event, kind = _NOTIFICATIONS[method]
             note = _decode(kind, payload, method)
             await h.state_changed(
-                event, getattr(note, "pod", None), getattr(note, "container", None)
+                event,
+                _pod(getattr(note, "pod", None), method),
+                _container(getattr(note, "container", None), method),
             )
             return b""  # every *Response of a notification RPC is empty
         raise RpcStatusError(Code.UNIMPLEMENTED, f"method {method}")
