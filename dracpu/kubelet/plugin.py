@@ -19,6 +19,7 @@ from typing import NoReturn
 import trio
 
 from dracpu import DRIVER_NAME
+from dracpu.errors import DracpuError
 from dracpu.kubelet.aio_bridge import has_loop, open_loop
 from dracpu.kubelet.dra_service import (
     V1_SERVICE_LABEL,
@@ -126,20 +127,38 @@ async def serve_kubelet_plugin(
         board=board,
     )
     loop_cm = contextlib.nullcontext() if has_loop() else open_loop()
-    async with (
-        loop_cm,
-        serve_unix_grpc(paths.dra_socket, dra_services),
-        serve_unix_grpc(paths.registration_socket, [registration_service]),
-    ):
-        _log.info(
-            "kubelet plugin %s ready: registration %s, DRA %s, services %s",
-            config.driver_name,
-            paths.registration_socket,
-            paths.dra_socket,
-            ", ".join(services),
-        )
-        task_status.started(
-            RunningPlugin(paths=paths, supported_services=services, registration=board)
-        )
-        await trio.sleep_forever()
+    try:
+        async with (
+            loop_cm,
+            serve_unix_grpc(paths.dra_socket, dra_services),
+            serve_unix_grpc(paths.registration_socket, [registration_service]),
+        ):
+            _log.info(
+                "kubelet plugin %s ready: registration %s, DRA %s, services %s",
+                config.driver_name,
+                paths.registration_socket,
+                paths.dra_socket,
+                ", ".join(services),
+            )
+            task_status.started(
+                RunningPlugin(paths=paths, supported_services=services, registration=board)
+            )
+            await trio.sleep_forever()
+    except BaseExceptionGroup as group:
+        # trio-asyncio's loop runs a nursery, which wraps our own errors in a group; hand a
+        # lone DracpuError (e.g. a socket problem) to the caller as itself.
+        sole = _sole_leaf(group)
+        if isinstance(sole, DracpuError):
+            raise sole from None
+        raise
     raise AssertionError("unreachable: sleep_forever returned")
+
+
+def _sole_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The only leaf exception of a (nested) group, or None if there are several."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        if len(exc.exceptions) != 1:
+            return None
+        exc = exc.exceptions[0]
+    return exc
