@@ -98,6 +98,12 @@ class CpuSet:
     def __ge__(self, other: CpuSet) -> bool:
         return other.mask & ~self.mask == 0
 
+    def __lt__(self, other: CpuSet) -> bool:
+        return self.mask != other.mask and self <= other
+
+    def __gt__(self, other: CpuSet) -> bool:
+        return self.mask != other.mask and self >= other
+
     def isdisjoint(self, other: CpuSet) -> bool:
         """True when the sets share no CPU."""
         return self.mask & other.mask == 0

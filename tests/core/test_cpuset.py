@@ -128,20 +128,22 @@ def test_algebra(result: CpuSet, expected: str) -> None:
 
 
 SUBSET_CASES = [
-    pytest.param("0-3", "0-7", True, False, id="proper-subset"),
-    pytest.param("0-7", "0-7", True, True, id="equal"),
-    pytest.param("0-8", "0-7", False, True, id="proper-superset"),
-    pytest.param("", "0-7", True, False, id="empty-is-subset"),
-    pytest.param("", "", True, True, id="empty-empty"),
-    pytest.param("1,9", "0-7", False, False, id="overlap-only"),
+    pytest.param("0-3", "0-7", True, False, True, False, id="proper-subset"),
+    pytest.param("0-7", "0-7", True, True, False, False, id="equal"),
+    pytest.param("0-8", "0-7", False, True, False, True, id="proper-superset"),
+    pytest.param("", "0-7", True, False, True, False, id="empty-is-subset"),
+    pytest.param("", "", True, True, False, False, id="empty-empty"),
+    pytest.param("1,9", "0-7", False, False, False, False, id="overlap-only"),
 ]
 
 
-@pytest.mark.parametrize(("left", "right", "le", "ge"), SUBSET_CASES)
-def test_subset_superset(left: str, right: str, le: bool, ge: bool) -> None:
+@pytest.mark.parametrize(("left", "right", "le", "ge", "lt", "gt"), SUBSET_CASES)
+def test_subset_superset(left: str, right: str, le: bool, ge: bool, lt: bool, gt: bool) -> None:
     a, b = CpuSet.parse(left), CpuSet.parse(right)
     assert (a <= b) is le
     assert (a >= b) is ge
+    assert (a < b) is lt
+    assert (a > b) is gt
 
 
 @pytest.mark.parametrize(
@@ -228,6 +230,8 @@ def test_prop_algebra_agrees_with_python_sets(xs: list[int], ys: list[int]) -> N
     assert set(a ^ b) == sa ^ sb
     assert (a <= b) == (sa <= sb)
     assert (a >= b) == (sa >= sb)
+    assert (a < b) == (sa < sb)
+    assert (a > b) == (sa > sb)
     assert a.isdisjoint(b) == sa.isdisjoint(sb)
     assert (a == b) == (sa == sb)
     for x in range(0, 301, 7):
