@@ -21,11 +21,11 @@ import json
 import logging
 import random
 from collections import Counter
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import httpx
 import trio
@@ -462,7 +462,7 @@ class KubeClient:
                     if isinstance(error, UnauthorizedError) and self._tokens is not None:
                         self._tokens.invalidate()
                     raise error
-                events = _events(response, url)
+                events = _WatchStream(response, url)
                 try:
                     yield events
                 finally:
@@ -473,24 +473,78 @@ class KubeClient:
             ) from exc
 
 
-async def _events(response: httpx.Response, url: str) -> AsyncGenerator[WatchEvent, None]:
-    async for line in response.aiter_lines():
-        if not line.strip():
-            continue
+class _WatchStream:
+    """Async iterator of watch events over the lines of a streaming response.
+
+    httpx reads a body through a chain of async generators; stopping between two items would
+    leave them to the garbage collector (trio warns about that). So instead of abandoning the
+    chain, :meth:`aclose` (and every error raised here) pulls once more inside an already
+    cancelled scope: the pull reaches the socket read, raises Cancelled through every generator
+    frame and leaves them finished.
+    """
+
+    def __init__(self, response: httpx.Response, url: str) -> None:
+        self._lines = response.aiter_lines()
+        self._url = url
+        self._done = False
+
+    def __aiter__(self) -> _WatchStream:
+        return self
+
+    async def aclose(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            try:
+                while True:
+                    await self._lines.__anext__()
+            except (StopAsyncIteration, httpx.HTTPError):
+                pass
+
+    async def _fail(self, error: Exception) -> NoReturn:
+        await self.aclose()
+        raise error
+
+    async def __anext__(self) -> WatchEvent:
+        while True:
+            if self._done:
+                raise StopAsyncIteration
+            try:
+                line = await self._lines.__anext__()
+            except StopAsyncIteration:
+                self._done = True
+                raise
+            except httpx.TransportError as exc:
+                self._done = True
+                raise ApiUnreachableError(
+                    f"{type(exc).__name__}: {exc}", method="WATCH", url=self._url
+                ) from exc
+            except BaseException:
+                self._done = True
+                raise
+            if line.strip():
+                break
+        url = self._url
         try:
             raw = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise WatchProtocolError("not JSON", line=line, url=url) from exc
+            err = WatchProtocolError("not JSON", line=line, url=url)
+            err.__cause__ = exc
+            await self._fail(err)
         if not isinstance(raw, dict) or not isinstance(raw.get("object"), dict):
-            raise WatchProtocolError("not a watch event", line=line, url=url)
+            await self._fail(WatchProtocolError("not a watch event", line=line, url=url))
         kind = raw.get("type")
         obj: JSON = raw["object"]
         if kind == "ERROR":
             code = obj.get("code")
-            raise status_error(code if isinstance(code, int) else 500, obj, method="WATCH", url=url)
+            await self._fail(
+                status_error(code if isinstance(code, int) else 500, obj, method="WATCH", url=url)
+            )
         if kind not in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
-            raise WatchProtocolError(f"unknown event type {kind!r}", line=line, url=url)
-        yield WatchEvent(str(kind), obj)
+            await self._fail(WatchProtocolError(f"unknown event type {kind!r}", line=line, url=url))
+        return WatchEvent(str(kind), obj)
 
 
 def merge_patch(target: Any, patch: Any) -> Any:

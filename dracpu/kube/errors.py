@@ -56,7 +56,8 @@ class KubeConfigError(KubeApiError, InvalidValueError):
     """The client configuration (kubeconfig, service-account files, env) is unusable."""
 
     def __init__(self, message: str, *, value: object = None, origin: str = "") -> None:
-        InvalidValueError.__init__(self, message, value=value, origin=origin)
+        text = message if value is None else f"{message}: {value!r}"
+        InvalidValueError.__init__(self, text, value=value, origin=origin)
 
 
 class ApiUnreachableError(KubeApiError):

@@ -201,6 +201,7 @@ class SlicePublisher:
             try:
                 plan = await self._plan()
                 if plan.empty:
+                    self._generation = max(self._generation, plan.generation)
                     self._mark_in_sync()
                     failures = 0
                     continue
@@ -214,6 +215,7 @@ class SlicePublisher:
                     "; ".join(plan.reasons[:4]),
                 )
                 await self._execute(plan)
+                self._generation = max(self._generation, plan.generation)
                 failures = 0
                 self._last_error = None
                 self._unreachable = False
@@ -277,7 +279,6 @@ class SlicePublisher:
             min_generation=self._generation,
             stored_forms=self._stored_forms,
         )
-        self._generation = max(self._generation, plan.generation)
         return plan
 
     async def _plan(self) -> SlicePlan:
