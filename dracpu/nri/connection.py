@@ -80,6 +80,7 @@ class MuxConnection:
         self._last_request_id = 0
         self._pending: dict[int, _Pending] = {}
         self._handler_tasks: set[trio.lowlevel.Task] = set()
+        self._inflight = 0  # counted when accepted, before the task first runs
         self._closed = trio.Event()
         self._close_reason = ""
         self._cancel_scope: trio.CancelScope | None = None
@@ -202,7 +203,7 @@ class MuxConnection:
             )
             return
         self._last_request_id = msg.stream_id
-        if len(self._handler_tasks) >= self._max_concurrent:
+        if self._inflight >= self._max_concurrent:
             self._nursery.start_soon(
                 self._reply_error,
                 msg.stream_id,
@@ -210,6 +211,7 @@ class MuxConnection:
                 f"more than {self._max_concurrent} concurrent requests",
             )
             return
+        self._inflight += 1
         self._nursery.start_soon(self._serve_one, msg)
 
     async def _serve_one(self, msg: ttrpc.Message) -> None:
@@ -261,6 +263,7 @@ class MuxConnection:
             pass
         finally:
             self._handler_tasks.discard(task)
+            self._inflight -= 1
 
     async def _reply_error(self, stream_id: int, code: int, message: str) -> None:
         body = bytes(Response(status=Status(code=code, message=message)))
