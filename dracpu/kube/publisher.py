@@ -259,7 +259,13 @@ class SlicePublisher:
         self.in_sync.set()
 
     async def _refresh_owner(self) -> None:
-        node = await self.client.get(NODES, self.node_name)
+        try:
+            node = await self.client.get(NODES, self.node_name)
+        except NotFoundError as exc:
+            # Not a stale view of ours: without the Node there is no owner for new slices.
+            raise KubeApiError(
+                f"Node {self.node_name!r} not found (404); ResourceSlices need it as owner: {exc}"
+            ) from exc
         uid = str(node.get("metadata", {}).get("uid", ""))
         if not uid:
             raise InvalidValueError("Node has no metadata.uid", value=node, origin="API server")

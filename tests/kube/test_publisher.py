@@ -196,3 +196,19 @@ async def test_bad_desired_spec_is_rejected_synchronously() -> None:
         specs = make_specs("other-node", slices=1, per_slice=1)
         with pytest.raises(ValueError, match=r"spec\.nodeName"):
             publisher.set_desired(specs)
+
+
+async def test_missing_node_is_an_error_in_health(autojump_clock: trio.abc.Clock) -> None:
+    server = FakeApiServer()
+    server.put_object("nodes", {"metadata": {"name": "someone-else"}})
+    async with running(server) as (publisher, _):
+        publisher.set_desired(make_specs(NODE, slices=1, per_slice=1))
+        await trio.sleep(10)
+        health = publisher.health()
+        assert health.state == "error"
+        assert "Node 'node-a' not found" in (health.last_error or "")
+        assert not slices(server)
+        server.put_object("nodes", {"metadata": {"name": NODE, "uid": "late-uid"}})
+        await trio.sleep(40)
+        assert publisher.health().state == "in-sync"
+    assert slices(server)[0]["metadata"]["ownerReferences"][0]["uid"] == "late-uid"  # type: ignore[index]
