@@ -192,6 +192,7 @@ async def test_runtime_restart_reconnects(nri_peer_binary: Path, socket_path: st
     with trio.fail_after(30):
         async with connected(nri_peer_binary, socket_path, handler) as (peer, plugin, nursery):
             await peer.command("create", pod="p0", id="c0", name="c0")
+            sessions = plugin.sessions_synchronized
             peer.kill()
             await peer.process.wait()
             await trio.sleep(0.3)  # the plugin sees EOF and redials a dead socket meanwhile
