@@ -198,7 +198,7 @@ class KubeClient:
                 response = await self._http.request(
                     method, path, params=params, content=content, headers=headers
                 )
-            except httpx.TransportError as exc:
+            except httpx.RequestError as exc:
                 error = ApiUnreachableError(f"{type(exc).__name__}: {exc}", method=method, url=url)
                 error.__cause__ = exc
             else:
@@ -467,7 +467,7 @@ class KubeClient:
                     yield events
                 finally:
                     await events.aclose()
-        except httpx.TransportError as exc:
+        except httpx.RequestError as exc:
             raise ApiUnreachableError(
                 f"{type(exc).__name__}: {exc}", method="WATCH", url=url
             ) from exc
@@ -516,7 +516,7 @@ class _WatchStream:
             except StopAsyncIteration:
                 self._done = True
                 raise
-            except httpx.TransportError as exc:
+            except httpx.RequestError as exc:
                 self._done = True
                 raise ApiUnreachableError(
                     f"{type(exc).__name__}: {exc}", method="WATCH", url=self._url

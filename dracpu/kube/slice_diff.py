@@ -73,7 +73,11 @@ FIELD_GATES: Mapping[str, str] = {
     "bools": "DRAListTypeAttributes",
     "strings": "DRAListTypeAttributes",
     "versions": "DRAListTypeAttributes",
-    "nodeAllocatableResourceMappings": "DRANodeAllocatableResources",
+    "nodeAllocatableResourceMappings": "DRANodeAllocatableResources",  # 1.36 name
+    "nodeAllocatableResources": "DRANodeAllocatableResources",  # 1.37 name
+    "compatibilityGroups": "DRADeviceCompatibilityGroups",  # 1.37
+    "partitionTypeAttribute": "DRAPartitionableDevicesType",  # 1.37
+    "skipNodeOperations": "DRAOptionalNodeOperations",  # 1.37
 }
 _DEVICE_PLACEMENT = frozenset({"nodeName", "nodeSelector", "allNodes"})
 _OPTIONAL_TRUE = frozenset(

@@ -29,6 +29,7 @@ from tests.kube.rig_support import (
     CuttableTransport,
     create_node,
     extra_apiserver,
+    free_port,
     raw_client,
     rig_config,
     unique_node_name,
@@ -231,7 +232,10 @@ async def test_dropped_field_detected_on_apiserver_with_gate_off(
 ) -> None:
     caplog.set_level(logging.WARNING, logger="dracpu.kube")
     async with extra_apiserver(
-        rig, port=16543, gates={"DRAConsumableCapacity": False}, log_path=tmp_path / "apiserver.log"
+        rig,
+        port=free_port(),
+        gates={"DRAConsumableCapacity": False},
+        log_path=tmp_path / "apiserver.log",
     ) as url:
         config = rig_config(rig, url)
         async with publishing(config) as (publisher, client, _, node_obj):

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 import ssl
 import subprocess
 import uuid
@@ -52,6 +53,13 @@ def raw_client(rig: Rig, server: str | None = None) -> httpx.AsyncClient:
     ctx = ssl.create_default_context(cafile=str(rig.ca_cert))
     ctx.load_cert_chain(str(rig.admin_cert), str(rig.admin_key))
     return httpx.AsyncClient(base_url=server or rig.apiserver_url, verify=ctx, timeout=30)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def unique_node_name(prefix: str = "kube-e2e") -> str:
