@@ -1,0 +1,103 @@
+"""The NRI plugin against the rig's real containerd (NRI v0.12 inside containerd 2.3).
+
+A container created through CRI (grpcio, like the kubelet) gets the plugin's cpuset adjustment,
+and a later Runtime/UpdateContainers from the plugin moves a running container's cpuset. The
+CRI calls are blocking grpcio calls, so they run in a worker thread while the plugin answers
+NRI requests in the trio loop.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from dracpu.nri import Backoff, NriPlugin
+from tests.e2e.node_agent import NodeAgent, RunningPod, wait_for
+from tests.e2e.rig import Rig
+from tests.nri.recording_handler import RecordingHandler, cpu_update
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+async def plugin(rig: Rig) -> AsyncIterator[tuple[NriPlugin, RecordingHandler]]:
+    """A registered, synchronized plugin on containerd's NRI socket."""
+    handler = RecordingHandler(shared_cpus="")
+    nri = NriPlugin(
+        handler,
+        name="dracpu-e2e",
+        index="42",
+        socket_path=str(rig.nri_socket),
+        backoff=Backoff(initial=0.1, maximum=1.0),
+    )
+    handler.plugin = nri
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(30):
+            await nursery.start(nri.run)
+        yield nri, handler
+        nursery.cancel_scope.cancel()
+
+
+def _pod(cpus: str) -> dict[str, object]:
+    name = f"nri-{uuid.uuid4().hex[:8]}"
+    return {
+        "metadata": {"name": name, "namespace": "nri-e2e", "uid": str(uuid.uuid4())},
+        "spec": {
+            "containers": [
+                {
+                    "name": "c",
+                    "command": ["sleep", "3600"],
+                    "env": [{"name": "DRA_CPUSET_e2eclaim", "value": cpus}],
+                }
+            ]
+        },
+    }
+
+
+async def test_cri_container_gets_the_nri_cpuset(
+    rig: Rig, node_agent: NodeAgent, plugin: tuple[NriPlugin, RecordingHandler]
+) -> None:
+    nri, handler = plugin
+    cpus = sorted(os.sched_getaffinity(0))
+    first, last = str(cpus[0]), str(cpus[-1])
+    assert nri.runtime is not None
+    assert nri.runtime.name == "containerd"
+    running: RunningPod | None = None
+    try:
+        with trio.fail_after(120):
+            running = await trio.to_thread.run_sync(
+                functools.partial(node_agent.start_cri_pod, _pod(last), cdi_by_container={})
+            )
+            report = (await trio.to_thread.run_sync(node_agent.report, running))["c"]
+            cid = running.containers["c"]
+            assert ("create", cid) in handler.calls
+            assert ("START_CONTAINER", cid) in handler.calls
+            # No cpuset came from CRI: the pin is the NRI adjustment alone.
+            assert report.cpus_allowed_list == last
+            assert report.cgroup_cpuset == last
+
+            await nri.update_containers([cpu_update(cid, first)])
+            await trio.to_thread.run_sync(
+                functools.partial(
+                    wait_for,
+                    "cpuset update through NRI",
+                    lambda: (
+                        Path(f"/proc/{report.pid}/status")
+                        .read_text()
+                        .count(f"Cpus_allowed_list:\t{first}\n")
+                    ),
+                    timeout=10,
+                )
+            )
+    finally:
+        if running is not None:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(node_agent.stop_pod, running)
+    assert ("stop", cid) in handler.calls
+    assert ("REMOVE_CONTAINER", cid) in handler.calls
