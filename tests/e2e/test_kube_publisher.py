@@ -258,3 +258,33 @@ async def test_dropped_field_detected_on_apiserver_with_gate_off(
     lines = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
     assert len(lines) == 1
     assert "DRAConsumableCapacity" in lines[0]
+
+
+SHARED = Path(__file__).resolve().parents[2] / ".." / "shared"
+
+
+@pytest.mark.parametrize("mode", ["individual", "grouped"])
+async def test_core_model_specs_publish_and_stay_quiet(
+    rig: Rig, kube: httpx.AsyncClient, mode: str
+) -> None:
+    """The core slice model's output for a real machine is accepted and compares as unchanged."""
+    fixture = SHARED / "fixtures" / "sysfs" / "server" / "sys"
+    if not fixture.is_dir():
+        pytest.skip(f"needs the shared sysfs captures at {fixture}")
+    from dracpu.core.slices import DeviceMode, SliceOptions, build_slice_specs
+    from dracpu.sysfs import read_topology
+
+    topology = read_topology(fixture)
+    async with publishing(rig_config(rig)) as (publisher, client, _, node_obj):
+        node = node_obj["metadata"]["name"]
+        specs = build_slice_specs(topology, SliceOptions(node_name=node, mode=DeviceMode(mode)))
+        publisher.set_desired(specs)
+        with trio.fail_after(60):
+            await publisher.in_sync.wait()
+        writes = client.writes
+        await trio.sleep(3)
+        assert client.writes == writes
+        health = publisher.health()
+        assert health.ok, health
+        got = await node_slices(kube, node)
+        assert sum(len(o["spec"]["devices"]) for o in got) == sum(len(s["devices"]) for s in specs)
