@@ -24,8 +24,9 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, NoReturn
 
 import trio
@@ -43,7 +44,9 @@ from dracpu.kube.errors import (
 )
 from dracpu.kube.resources import NODES, RESOURCE_SLICES
 from dracpu.kube.slice_diff import (
+    SliceDelete,
     SlicePlan,
+    SliceWrite,
     StoredForm,
     check_desired,
     compare_content,
@@ -89,7 +92,9 @@ class SlicePublisher:
     """Publishes the desired ResourceSlice specs of one node and driver (see module docstring).
 
     ``owner_node`` adds an ownerReference to the Node (its UID read from the API) so slices are
-    garbage-collected with the node. ``labels`` are added to every slice.
+    garbage-collected with the node. ``labels`` are added to every slice. ``settle`` is how long
+    a change is left to coalesce with others before planning; ``parallel_writes`` bounds the
+    write calls in flight.
     """
 
     def __init__(
@@ -101,6 +106,7 @@ class SlicePublisher:
         owner_node: bool = True,
         labels: Mapping[str, str] | None = None,
         settle: float = 0.05,
+        parallel_writes: int = 4,
         backoff: Backoff | None = None,
         invalid_backoff: Backoff | None = None,
         watch_backoff: Backoff | None = None,
@@ -112,6 +118,7 @@ class SlicePublisher:
         self.owner_node = owner_node
         self.labels = dict(labels or {})
         self.settle = settle
+        self.parallel_writes = parallel_writes
         self.backoff = backoff or Backoff(initial=0.2, maximum=30.0)
         self.invalid_backoff = invalid_backoff or Backoff(initial=5.0, maximum=300.0)
         self._rng = rng or random.Random()
@@ -300,20 +307,50 @@ class SlicePublisher:
         return plan
 
     async def _execute(self, plan: SlicePlan) -> None:
-        for d in plan.deletes:
+        async def delete(d: SliceDelete) -> None:
             await self.client.delete(
                 RESOURCE_SLICES, d.name, uid=d.uid or None, resource_version=d.resource_version
             )
             self._counts["delete"] += 1
             self.reflector.forget({"metadata": {"name": d.name}})
-        for w in plan.updates:
+
+        async def update(w: SliceWrite) -> None:
             stored = await self.client.update(RESOURCE_SLICES, w.body)
             self._counts["update"] += 1
             self._stored(w.index, w.body, stored)
-        for w in plan.creates:
+
+        async def create(w: SliceWrite) -> None:
             stored = await self.client.create(RESOURCE_SLICES, w.body)
             self._counts["create"] += 1
             self._stored(w.index, w.body, stored)
+
+        # Phases in order (obsolete devices go first), each phase's calls in parallel.
+        await self._all([partial(delete, d) for d in plan.deletes])
+        await self._all([partial(update, w) for w in plan.updates])
+        await self._all([partial(create, w) for w in plan.creates])
+
+    async def _all(self, calls: list[Callable[[], Awaitable[None]]]) -> None:
+        """Run ``calls`` with at most ``parallel_writes`` in flight; re-raise the first error.
+
+        After a failure no further call starts; calls in flight finish.
+        """
+        errors: list[Exception] = []
+        limit = trio.Semaphore(self.parallel_writes)
+
+        async def one(call: Callable[[], Awaitable[None]]) -> None:
+            async with limit:
+                if errors:
+                    return
+                try:
+                    await call()
+                except (KubeApiError, InvalidValueError) as exc:
+                    errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for call in calls:
+                nursery.start_soon(one, call)
+        if errors:
+            raise errors[0]
 
     def _stored(self, index: int, sent: JSON, stored: JSON) -> None:
         self.reflector.remember(stored)
