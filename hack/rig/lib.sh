@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared locations and helpers for the rig scripts (sourced, not run). tests/e2e/rig.py mirrors
 # these paths; keep the two in step.
 RIG_HACK_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -11,8 +12,8 @@ RIG_LOGS="$RIG_STATE/logs"
 RIG_PKI="$RIG_STATE/pki"
 RIG_KUBECONFIG="$RIG_STATE/admin.kubeconfig"
 RIG_APISERVER_PORT="${DRACPU_RIG_APISERVER_PORT:-16443}"
-RIG_ETCD_CLIENT_PORT=12379
-RIG_ETCD_PEER_PORT=12380
+RIG_ETCD_CLIENT_PORT="${DRACPU_RIG_ETCD_PORT:-12379}"
+RIG_ETCD_PEER_PORT=$((RIG_ETCD_CLIENT_PORT + 1))
 RIG_SCHEDULER_PORT=10259
 RIG_KCM_PORT=10257
 RIG_NODE_NAME="${DRACPU_RIG_NODE:-dracpu-rig-node}"

@@ -144,7 +144,7 @@ help_text=$("$RIG_BIN/kube-apiserver" --help 2>&1 || true)
 gates=""
 for g in DRAConsumableCapacity DRAPartitionableDevices DRAResourceClaimDeviceStatus \
     DRAListTypeAttributes DRANodeAllocatableResources DRADeviceTaints; do
-    if grep -q "^ *$g=" <<<"$help_text"; then gates+="${gates:+,}$g=true"; fi
+    if grep -Eq "(^| |kube:)$g=true\|false" <<<"$help_text"; then gates+="${gates:+,}$g=true"; fi
 done
 echo "$gates" >"$RIG_STATE/feature-gates"
 rig_log "feature gates: ${gates:-none}"

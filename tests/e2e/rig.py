@@ -181,7 +181,7 @@ def current() -> Rig:
         state_dir=Path(os.environ.get("DRACPU_RIG_STATE", "/var/lib/dracpu-rig")),
         node_name=os.environ.get("DRACPU_RIG_NODE", "dracpu-rig-node"),
         apiserver_port=int(os.environ.get("DRACPU_RIG_APISERVER_PORT", "16443")),
-        etcd_client_port=12379,
+        etcd_client_port=int(os.environ.get("DRACPU_RIG_ETCD_PORT", "12379")),
     )
 
 
@@ -250,6 +250,7 @@ def _apiserver_base_argv(
         str(rig.binary("kube-apiserver")),
         "--bind-address=127.0.0.1",
         "--advertise-address=127.0.0.1",
+        "--endpoint-reconciler-type=none",
         f"--secure-port={secure_port}",
         f"--etcd-servers={rig.etcd_url}",
         f"--etcd-prefix={etcd_prefix}",
