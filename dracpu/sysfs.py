@@ -20,7 +20,8 @@ NO_CLUSTER = 65535
 
 _CPU_DIR = re.compile(r"cpu(\d+)")
 _NODE_DIR = re.compile(r"node(\d+)")
-_PCI_ROOT = re.compile(r"pci([0-9a-f]{4}):([0-9a-f]{2})")
+_PCI_ROOT = re.compile(r"pci([0-9a-f]{4,8}):([0-9a-f]{2})")
+"""A PCI host bridge directory; domains wider than 4 digits exist (Intel VMD: ``pci10000:00``)."""
 
 
 class SysfsReader:
@@ -38,8 +39,17 @@ class SysfsReader:
             raise TopologyError("not a sysfs tree (no CPU directory)", path=str(self._cpu_dir))
         dirs = self._cpu_dirs()
         online = self._online(dirs)
-        offline = self._cpulist(self._cpu_dir / "offline", default=CpuSet()) - online
-        present = self._cpulist(self._cpu_dir / "present", default=online | offline)
+        without_dir = online - CpuSet.of(dirs)
+        if without_dir:
+            raise TopologyError(
+                f"online CPUs {without_dir} have no cpuN directory",
+                path=str(self._cpu_dir / f"cpu{without_dir.first()}"),
+            )
+        # A cpuN directory exists for every present CPU, online or not. ``offline`` is what is
+        # present but not online: the kernel's own ``offline`` file also lists possible-but-absent
+        # CPUs, and older kernels have neither file.
+        present = self._cpulist(self._cpu_dir / "present", default=CpuSet.of(dirs)) | online
+        offline = present - online
         numa_of = self._numa_of_cpus(dirs, online)
         p_cores = self._cpulist(self.root / "devices" / "cpu_core" / "cpus", default=CpuSet())
         e_cores = self._cpulist(self.root / "devices" / "cpu_atom" / "cpus", default=CpuSet())
@@ -54,9 +64,13 @@ class SysfsReader:
                 elif cpu in e_cores:
                     core_type = CoreType.EFFICIENCY
             infos[cpu] = self._cpu_info(cpu, dirs[cpu], numa_of.get(cpu, 0), core_type)
+        numa_nodes = self._numa_nodes()
+        if not numa_nodes:
+            # No node directory (kernels built without NUMA): one node holds everything.
+            numa_nodes = (NumaNode(id=0, cpus=online, has_memory=True, distances=(10,)),)
         return Topology(
             cpus=infos,
-            numa_nodes=self._numa_nodes(),
+            numa_nodes=numa_nodes,
             offline=offline,
             present=present,
             isolated=self._cpulist(self._cpu_dir / "isolated", default=CpuSet()),
@@ -156,7 +170,7 @@ class SysfsReader:
         with_memory = self._cpulist_if_present(self._node_dir / "has_memory")
         nodes = []
         for node_id, path in self._node_dirs().items():
-            distances = tuple(int(d) for d in (self._text(path / "distance") or "").split())
+            distances = self._distances(path / "distance")
             memory_kib = _meminfo_total_kib(self._text(path / "meminfo"))
             if with_memory is not None:
                 has_memory = node_id in with_memory
@@ -172,6 +186,13 @@ class SysfsReader:
                 )
             )
         return tuple(nodes)
+
+    def _distances(self, path: Path) -> tuple[int, ...]:
+        text = self._text(path) or ""
+        try:
+            return tuple(int(d) for d in text.split())
+        except ValueError as exc:
+            raise TopologyError(f"not a list of integers: {text!r}", path=str(path)) from exc
 
     # PCIe
 
@@ -223,8 +244,9 @@ class SysfsReader:
         if text is None:
             return None
         try:
-            return CpuSet.parse(text, origin=str(path))
+            return CpuSet.parse(text)
         except CpuSetParseError as exc:
+            # The TopologyError names the path; the parse message names the bad token.
             raise TopologyError(str(exc), path=str(path)) from exc
 
 

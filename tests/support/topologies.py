@@ -10,7 +10,8 @@ Two entry points, both stable API for allocator / slice tests and bench/:
     - ``hybrid``: ``False`` (default) → every core is ``standard``; ``True`` → in every NUMA node
       the first half of the cores (rounded up) are P-cores with ``threads`` threads and the rest
       are single-threaded E-cores; an ``int`` n ≥ 1 → the last n cores of every NUMA node are
-      E-cores. E-cores share an L2 and a cluster in groups of four, as on Intel.
+      E-cores. E-cores share an L2 and a cluster in groups of four, as on Intel. A machine whose
+      nodes are all too small for an E-core (one core each) comes out non-hybrid.
     - ``l3_per``: what shares one L3 cache: ``"socket"`` (default; with several NUMA nodes per
       socket this is an SNC layout where one L3 spans them), ``"numa"``, ``"die"``, ``"none"``
       (no L3 at all), or an ``int`` k: every k consecutive cores of a NUMA node share an L3
@@ -48,6 +49,7 @@ Named machines: ``NAMED_MACHINES`` maps a name to a zero-argument builder, e.g.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -106,6 +108,8 @@ def make_topology(
     """Build a synthetic machine; see the module docstring for every option."""
     if sockets < 1 or numa_per_socket < 1 or threads < 1 or dies_per_socket < 1:
         raise ValueError("sockets, numa_per_socket, threads and dies_per_socket must be ≥ 1")
+    if sockets * pcie_roots_per_socket > 256:
+        raise ValueError("at most 256 PCIe root buses")
     num_numa = sockets * numa_per_socket
     per_numa = (
         [cores_per_numa] * num_numa if isinstance(cores_per_numa, int) else list(cores_per_numa)
@@ -159,10 +163,12 @@ def make_topology(
         )
 
     pcie: dict[str, CpuSet] = {}
+    total_roots = sockets * pcie_roots_per_socket
     for socket in range(sockets):
         first_node = socket * numa_per_socket
         for index in range(pcie_roots_per_socket):
-            bus = socket * 0x80 + index * (0x80 // max(pcie_roots_per_socket, 1))
+            # Spread root buses over 0x00-0xff as firmware does (2 sockets x 2: 00 40 80 c0).
+            bus = (socket * pcie_roots_per_socket + index) * (256 // total_roots)
             pcie[f"pci0000:{bus:02x}"] = numa_nodes[first_node].cpus
 
     if smt_control == "":
@@ -260,6 +266,9 @@ def _layout_cores(
                     )
                 )
                 core_id += 1
+    if not any(c.core_type is CoreType.EFFICIENCY for c in cores):
+        # Asked for hybrid but every node was too small for an E-core: a plain machine.
+        cores = [dataclasses.replace(c, core_type=CoreType.STANDARD) for c in cores]
     return cores
 
 
