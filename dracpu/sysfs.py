@@ -232,7 +232,8 @@ class SysfsReader:
     def _required_int(self, path: Path) -> int:
         value = self._int(path, default=None)
         if value is None:
-            raise TopologyError("required file missing", path=str(path))
+            problem = "required file missing" if self._text(path) is None else "required file empty"
+            raise TopologyError(problem, path=str(path))
         return value
 
     def _cpulist(self, path: Path, *, default: CpuSet) -> CpuSet:
