@@ -16,7 +16,7 @@ import socket
 import ssl
 import subprocess
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -140,11 +140,18 @@ class CuttableTransport(httpx.AsyncBaseTransport):
 
 @contextlib.asynccontextmanager
 async def extra_apiserver(
-    rig: Rig, *, port: int, gates: dict[str, bool], log_path: Path
+    rig: Rig,
+    *,
+    port: int,
+    gates: dict[str, bool],
+    log_path: Path,
+    extra_args: Sequence[str] = (),
 ) -> AsyncIterator[str]:
     """Run a second kube-apiserver with ``gates`` overridden; yields its URL."""
     prefix = f"/dracpu-kube-e2e-{uuid.uuid4().hex[:8]}"
-    argv = apiserver_argv(rig, secure_port=port, etcd_prefix=prefix, feature_gates=gates)
+    argv = apiserver_argv(
+        rig, secure_port=port, etcd_prefix=prefix, feature_gates=gates, extra_args=extra_args
+    )
     url = f"https://127.0.0.1:{port}"
     with log_path.open("wb") as log:
         proc = await trio.lowlevel.open_process(argv, stdout=log, stderr=subprocess.STDOUT)
