@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
@@ -41,6 +43,9 @@ from dracpu.kubelet.unix_grpc import serve_unix_grpc
 
 _log = logging.getLogger(__name__)
 
+DEFAULT_REGISTRATION_RETRY = 60.0
+MAX_REGISTRATION_RETRY = 600.0
+
 
 @dataclass(frozen=True, slots=True)
 class KubeletPluginConfig:
@@ -49,6 +54,12 @@ class KubeletPluginConfig:
     ``pod_uid`` enables rolling-update socket names (needs kubelet >= 1.33); ``serve_v1`` /
     ``serve_v1beta1`` choose the DRA service versions offered (the kubelet takes the first one it
     supports, and ``v1`` is listed first); ``serialize`` runs one prepare/unprepare at a time.
+
+    ``registration_retry``: if the kubelet has not confirmed the registration
+    (NotifyRegistrationStatus with success) this many seconds after the registration socket
+    appeared, the socket is re-created, which the kubelet sees as a new plugin. 1.34/1.35 kubelets
+    do not retry a failed registration by themselves. The wait doubles per attempt (with +-20 %
+    jitter) up to ``registration_retry_max``; once confirmed, the socket stays. ``None`` disables.
     """
 
     driver_name: str = DRIVER_NAME
@@ -60,6 +71,8 @@ class KubeletPluginConfig:
     serve_v1beta1: bool = True
     health_period: float = DEFAULT_HEALTH_PERIOD
     serialize: bool = True
+    registration_retry: float | None = DEFAULT_REGISTRATION_RETRY
+    registration_retry_max: float = MAX_REGISTRATION_RETRY
 
     def paths(self) -> PluginPaths:
         """The socket paths this configuration uses (validates the inputs)."""
@@ -127,23 +140,10 @@ async def serve_kubelet_plugin(
         board=board,
     )
     loop_cm = contextlib.nullcontext() if has_loop() else open_loop()
+    running = RunningPlugin(paths=paths, supported_services=services, registration=board)
     try:
-        async with (
-            loop_cm,
-            serve_unix_grpc(paths.dra_socket, dra_services),
-            serve_unix_grpc(paths.registration_socket, [registration_service]),
-        ):
-            _log.info(
-                "kubelet plugin %s ready: registration %s, DRA %s, services %s",
-                config.driver_name,
-                paths.registration_socket,
-                paths.dra_socket,
-                ", ".join(services),
-            )
-            task_status.started(
-                RunningPlugin(paths=paths, supported_services=services, registration=board)
-            )
-            await trio.sleep_forever()
+        async with loop_cm, serve_unix_grpc(paths.dra_socket, dra_services):
+            await _serve_registration(config, paths, registration_service, running, task_status)
     except BaseExceptionGroup as group:
         # trio-asyncio's loop runs a nursery, which wraps our own errors in a group; hand a
         # lone DracpuError (e.g. a socket problem) to the caller as itself.
@@ -152,6 +152,57 @@ async def serve_kubelet_plugin(
             raise sole from None
         raise
     raise AssertionError("unreachable: sleep_forever returned")
+
+
+async def _serve_registration(
+    config: KubeletPluginConfig,
+    paths: PluginPaths,
+    service: RegistrationService,
+    running: RunningPlugin,
+    task_status: trio.TaskStatus[RunningPlugin],
+) -> NoReturn:
+    """Serve the registration socket forever, re-creating it while the kubelet has not
+    confirmed the registration (see ``KubeletPluginConfig.registration_retry``).
+
+    Cancellation: the socket is removed and its connections closed; nothing else to undo.
+    """
+    board = running.registration
+    wait = config.registration_retry
+    started = False
+    while True:
+        async with serve_unix_grpc(paths.registration_socket, [service]):
+            if not started:
+                _log.info(
+                    "kubelet plugin %s ready: registration %s, DRA %s, services %s",
+                    config.driver_name,
+                    paths.registration_socket,
+                    paths.dra_socket,
+                    ", ".join(running.supported_services),
+                )
+                task_status.started(running)
+                started = True
+            if wait is None:
+                await trio.sleep_forever()
+            seen = board.state.notifications
+            with trio.CancelScope(deadline=_retry_deadline(wait)) as timer:
+                while True:
+                    state = await board.wait_for_notification(seen)
+                    seen = state.notifications
+                    # Confirmed: keep this socket (the kubelet re-registers it after restarts)
+                    # unless a later notification reports a failure again.
+                    timer.deadline = math.inf if state.registered else _retry_deadline(wait)
+            state = board.state
+            _log.warning(
+                "kubelet has not confirmed registration within %.1f s (%s); re-creating %s",
+                wait,
+                f"last error: {state.error}" if state.notifications else "no answer",
+                paths.registration_socket,
+            )
+        wait = min(wait * 2, config.registration_retry_max)
+
+
+def _retry_deadline(wait: float) -> float:
+    return trio.current_time() + wait * random.uniform(0.8, 1.2)
 
 
 def _sole_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:

@@ -156,11 +156,15 @@ class _ClosingServer(grpclib.server.Server):
 
 @dataclass(frozen=True, slots=True)
 class ServingSocket:
-    """A unix socket that is listening: its path and the inode that identifies our file."""
+    """A unix socket that is listening: its path and what identifies our file there.
+
+    Inode numbers are reused quickly on tmpfs, so the change time is part of the identity.
+    """
 
     path: Path
     device: int
     inode: int
+    ctime_ns: int
 
 
 def remove_stale_socket(path: Path) -> bool:
@@ -212,7 +216,9 @@ def _listen(path: Path) -> tuple[socket.socket, ServingSocket]:
     except OSError as exc:
         sock.close()
         raise KubeletSocketError(f"cannot listen ({exc.strerror})", path=str(path)) from exc
-    return sock, ServingSocket(path=path, device=st.st_dev, inode=st.st_ino)
+    return sock, ServingSocket(
+        path=path, device=st.st_dev, inode=st.st_ino, ctime_ns=st.st_ctime_ns
+    )
 
 
 def remove_own_socket(serving: ServingSocket) -> bool:
@@ -221,7 +227,11 @@ def remove_own_socket(serving: ServingSocket) -> bool:
         st = serving.path.lstat()
     except FileNotFoundError:
         return False
-    if (st.st_dev, st.st_ino) != (serving.device, serving.inode):
+    if (st.st_dev, st.st_ino, st.st_ctime_ns) != (
+        serving.device,
+        serving.inode,
+        serving.ctime_ns,
+    ):
         _log.info("socket %s was replaced by another instance; leaving it", serving.path)
         return False
     try:
