@@ -108,7 +108,7 @@ class ResourceHealthService(v1alpha1.DraResourceHealthBase):  # type: ignore[mis
 
     async def node_watch_resources(
         self, message: v1alpha1.NodeWatchResourcesRequest
-    ) -> AsyncIterator[object]:
+    ) -> AsyncIterator[v1alpha1.NodeWatchResourcesResponse]:
         """Yield the full list now, then on every change and at least every ``period`` seconds.
 
         Cancellation: the stream ends when the kubelet goes away or the server stops; nothing
@@ -121,7 +121,7 @@ class ResourceHealthService(v1alpha1.DraResourceHealthBase):  # type: ignore[mis
             generation, devices = await run_trio(self._board.next_update, generation, self._period)
             yield self._response(devices)
 
-    def _response(self, devices: tuple[DeviceHealth, ...]) -> object:
+    def _response(self, devices: tuple[DeviceHealth, ...]) -> v1alpha1.NodeWatchResourcesResponse:
         now = int(self._clock())
         return v1alpha1.NodeWatchResourcesResponse(
             devices=[

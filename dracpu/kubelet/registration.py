@@ -98,7 +98,9 @@ class RegistrationService(pluginregistration.RegistrationBase):  # type: ignore[
         )
         self._board = board
 
-    async def get_info(self, message: pluginregistration.InfoRequest) -> object:
+    async def get_info(
+        self, message: pluginregistration.InfoRequest
+    ) -> pluginregistration.PluginInfo:
         """Return the plugin info (no I/O). Cancellation: nothing to undo."""
         del message
         _log.info("kubelet asked for plugin info; endpoint %s", self._info.endpoint)
@@ -106,7 +108,7 @@ class RegistrationService(pluginregistration.RegistrationBase):  # type: ignore[
 
     async def notify_registration_status(
         self, message: pluginregistration.RegistrationStatus
-    ) -> object:
+    ) -> pluginregistration.RegistrationStatusResponse:
         """Record the kubelet's verdict. On rejection answer with an error, like the Go helper.
 
         Cancellation: the state is recorded before the first await, so it is never lost.

@@ -176,3 +176,16 @@ def test_bad_configuration_names_value_and_origin(kwargs: dict[str, object], ori
         config.paths()
     assert origin in info.value.origin
     assert repr(str(next(iter(kwargs.values())))) in str(info.value) or "x" * 64 in str(info.value)
+
+
+def test_directories_can_be_placed_elsewhere() -> None:
+    paths = PluginPaths.for_driver(
+        "dra.cpu",
+        Path("/var/lib/kubelet"),
+        plugin_dir=Path("/run/dracpu"),
+        registry_dir=Path("/var/lib/kubelet/plugins_registry"),
+    )
+    assert paths.dra_socket == Path("/run/dracpu/dra.sock")
+    assert paths.registration_socket == Path("/var/lib/kubelet/plugins_registry/dra.cpu-reg.sock")
+    default = PluginPaths.for_driver("dra.cpu")
+    assert default.dra_socket == Path("/var/lib/kubelet/plugins/dra.cpu/dra.sock")
