@@ -36,7 +36,8 @@ RequestHandler = Callable[[str, str, bytes], Awaitable[bytes]]
 
 Raise :class:`RpcStatusError` to answer with a specific status code; any other exception is
 answered with UNKNOWN and its text (and logged). Cancellation (connection loss or the request's
-own deadline) is delivered as ``trio.Cancelled`` and must be allowed to propagate.
+own deadline) is delivered as ``trio.Cancelled`` and must be allowed to propagate; a request
+whose deadline passed gets no answer, exactly as if the handler were still running.
 """
 
 READ_SIZE = 1 << 16
@@ -238,8 +239,16 @@ class MuxConnection:
                     log.exception("%s: handler for %s failed", self._name, method)
                     status = Status(code=Code.UNKNOWN, message=str(exc) or type(exc).__name__)
             if scope.cancelled_caught:
-                log.warning("%s: %s exceeded its %.3f s deadline", self._name, method, timeout)
-                status = Status(code=Code.DEADLINE_EXCEEDED, message="context deadline exceeded")
+                # No answer on purpose: the caller's own timeout is what NRI runtimes treat as
+                # fatal (drop the plugin, go on without it). A DEADLINE_EXCEEDED status racing
+                # ahead of that timeout would instead fail the CRI operation.
+                log.warning(
+                    "%s: handler for %s cancelled at its %.3f s deadline; not answering",
+                    self._name,
+                    method,
+                    timeout,
+                )
+                return
             if status is not None:
                 payload = b""
             body = bytes(Response(status=status, payload=payload))

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 async def plugin(rig: Rig) -> AsyncIterator[tuple[NriPlugin, RecordingHandler]]:
     """A registered, synchronized plugin on containerd's NRI socket."""
-    handler = RecordingHandler(shared_cpus="")
+    handler = RecordingHandler(touch_others=False)  # leave other containers alone
     nri = NriPlugin(
         handler,
         name="dracpu-e2e",

@@ -38,6 +38,7 @@ class RecordingHandler:
     """Implements dracpu.nri.NriHandler; see the module docstring."""
 
     shared_cpus: str = "0-1"
+    touch_others: bool = True  # False: never update containers other than the one at hand
     slow_seconds: float = 0.0
     plugin: NriPlugin | None = None
     configured: list[RuntimeInfo] = field(default_factory=list)
@@ -58,6 +59,8 @@ class RecordingHandler:
         self.known = {c.id: c for c in containers}
         self.synced.set()
         self.synced = trio.Event()
+        if not self.touch_others:
+            return []
         return [cpu_update(c.id, exclusive_cpus(c) or self.shared_cpus) for c in containers]
 
     async def create_container(
@@ -76,6 +79,8 @@ class RecordingHandler:
             except Exception as exc:
                 self.errors.append(exc)
         others = [cpu_update(cid, self.shared_cpus) for cid in sorted(self.known)]
+        if not self.touch_others:
+            others = []
         self.known[container.id] = container
         adjust = api.ContainerAdjustment()
         if cpus := exclusive_cpus(container):
@@ -98,6 +103,8 @@ class RecordingHandler:
     ) -> Sequence[api.ContainerUpdate]:
         self.calls.append(("stop", container.id))
         self.known.pop(container.id, None)
+        if not self.touch_others:
+            return []
         return [cpu_update(cid, "0-3") for cid in sorted(self.known)]
 
     async def state_changed(

@@ -159,7 +159,9 @@ async def test_server_enforces_stream_ids_deadlines_and_errors() -> None:
             await raw_request(b, 3, "Fail")
             await raw_request(b, 5, "Slow", timeout_ns=50_000_000)
             await raw_request(b, 7, "Status")
-            got = await raw_responses(b, 6)
+            got = await raw_responses(b, 5)
+            await trio.sleep(0.2)  # well past Slow's 50 ms deadline
+            assert conn.in_handler() is False
             nursery.cancel_scope.cancel()
     reused, ok = sorted(got[1], key=lambda r: r.payload)
     assert ok.payload == b"ok"
@@ -172,9 +174,7 @@ async def test_server_enforces_stream_ids_deadlines_and_errors() -> None:
     [fail] = got[3]
     assert fail.status == Status(code=2, message="boom")
     assert fail.payload == b""
-    [slow] = got[5]
-    assert slow.status is not None
-    assert slow.status.code == Code.DEADLINE_EXCEEDED
+    assert 5 not in got  # past its deadline: no answer, the caller's timeout decides
     [status] = got[7]
     assert status.status == Status(code=Code.FAILED_PRECONDITION, message="nope")
 
