@@ -20,8 +20,11 @@ offlined CPUs are handled without assuming a fixed number of threads per core.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import itertools
+import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from dracpu.core.cpuset import CpuSet
@@ -68,6 +71,8 @@ def allocate(
     if options.full_pcpus_only:
         free = ctx.whole_cores_in(free)
         _check_full_pcpus(ctx, free, count)
+        # Whole cores only: there is no thread-level choice left for "spread" to make.
+        options = dataclasses.replace(options, strategy=Strategy.PACKED)
     if options.distribute_across_numa and len(topology.numas) > 1:
         return _distribute_across_numa(ctx, free, count, options)
     return _take(ctx, free, count, options.strategy)
@@ -113,21 +118,27 @@ class _Index:
         for index, core in enumerate(self.cores):
             for cpu in CpuSet(core):
                 self.core_of_cpu[cpu] = index
-        # Per level: the group of every CPU, and the cores touching every group.
+        # Per level: the group of every CPU.
         self.group_of: list[dict[int, int]] = []
-        self.cores_in: list[list[list[int]]] = []
         for level in self.levels:
             index_of: dict[int, int] = {}
             for gi, group in enumerate(level):
                 for cpu in CpuSet(group):
                     index_of[cpu] = gi
             self.group_of.append(index_of)
-            touching: list[set[int]] = [set() for _ in level]
-            for ci, core in enumerate(self.cores):
-                for cpu in CpuSet(core):
-                    if cpu in index_of:
-                        touching[index_of[cpu]].add(ci)
-            self.cores_in.append([sorted(t) for t in touching])
+        # Domain cells, finest first: CPUs sharing their group at the first d levels, for
+        # d = all levels down to 1, each with the cores that touch it.
+        self.cells: list[list[tuple[int, list[int]]]] = []
+        for depth in range(len(self.levels), 0, -1):
+            masks: dict[tuple[int, ...], int] = {}
+            for cpu in topology.online:
+                key = tuple(self.group_of[li].get(cpu, -1) for li in range(depth))
+                masks[key] = masks.get(key, 0) | 1 << cpu
+            cells = []
+            for mask in sorted(masks.values(), key=_low_cpu):
+                cores = sorted({self.core_of_cpu[cpu] for cpu in CpuSet(mask)})
+                cells.append((mask, cores))
+            self.cells.append(cells)
 
     @staticmethod
     def of(topology: Topology) -> _Index:
@@ -151,7 +162,7 @@ class _Context:
         self.all_cores = index.all_cores
         self.core_of_cpu = index.core_of_cpu
         self.group_of = index.group_of
-        self.cores_in = index.cores_in
+        self.cells = index.cells
 
     def pack_key(self, mask: int, free: int) -> tuple[int, ...]:
         """Sort key: fewer free CPUs in each enclosing domain first, then the lowest CPU."""
@@ -225,24 +236,27 @@ def _take(ctx: _Context, free_set: CpuSet, count: int, strategy: Strategy) -> Cp
 
 
 def _narrow(ctx: _Context, scope: int, free: int, count: int) -> int:
-    """The tightest domain inside ``scope`` that holds ``count`` CPUs at no loss of quality;
-    among equals, the one with the fewest free CPUs (best fit), then the most-used.
+    """The most local domain inside ``scope`` that holds ``count`` CPUs at no loss of quality.
+
+    Domains are tried finest first (socket ∩ NUMA ∩ L3 cells, then socket ∩ NUMA, then
+    sockets), so a claim lands under one L3 whenever one can hold it; among domains of one
+    granularity the one with the fewest free CPUs wins (best fit), then the most-used.
     """
     target = ctx.quality(scope, count, ctx.all_cores)
-    for li, level in enumerate(ctx.levels):
+    for cells in ctx.cells:
         best: tuple[tuple[int, tuple[int, ...]], int] | None = None
-        for gi, group in enumerate(level):
-            part = group & scope
+        for cell, cores in cells:
+            part = cell & scope
             size = _popcount(part)
             if size < count or (best is not None and size > best[0][0]):
                 continue
-            if ctx.quality(part, count, ctx.cores_in[li][gi]) != target:
+            if ctx.quality(part, count, cores) != target:
                 continue
             key = (size, ctx.pack_key(part, free))
             if best is None or key < best[0]:
                 best = (key, part)
         if best is not None:
-            scope = best[1]
+            return best[1]
     return scope
 
 
@@ -280,31 +294,45 @@ def _pick_spread(ctx: _Context, scope: int, free: int, count: int) -> int:
     return taken
 
 
+MAX_NUMA_COMBINATIONS = 512
+"""Bound on the node combinations examined per size; beyond it only the freest nodes are tried."""
+
+
 def _distribute_across_numa(
     ctx: _Context, free: CpuSet, count: int, options: AllocationOptions
 ) -> CpuSet:
-    """Split evenly, in groups of threads-per-core, over the fewest NUMA nodes that fit."""
+    """Split evenly, in groups of threads-per-core, over the fewest NUMA nodes that fit.
+
+    Among the combinations of that many nodes, the one leaving free CPUs most balanced across
+    all nodes wins, then the one with the smallest NUMA distances, then the lowest node ids.
+    """
     nodes = [(nid, cpus & free) for nid, cpus in ctx.topology.numas.items()]
     nodes = [(nid, part) for nid, part in nodes if part]
+    freest = sorted(nodes, key=lambda n: (-len(n[1]), n[0]))
     group = max(ctx.topology.threads_per_core, 1)
     distances = {n.id: n.distances for n in ctx.topology.numa_nodes}
     for k in range(1, len(nodes) + 1):
+        if sum(len(part) for _, part in freest[:k]) < count:
+            continue
+        if math.comb(len(nodes), k) <= MAX_NUMA_COMBINATIONS:
+            combos: Iterable[tuple[tuple[int, CpuSet], ...]] = itertools.combinations(nodes, k)
+        else:
+            combos = [tuple(sorted(freest[:k], key=lambda n: n[0]))]
         best: tuple[tuple[float, int, tuple[int, ...]], list[tuple[CpuSet, int]]] | None = None
-        for combo in itertools.combinations(nodes, k):
-            for shares in _even_shares(count, k, group):
-                plan = list(zip((part for _, part in combo), shares, strict=True))
-                if not all(_fits(ctx, part, share, options) for part, share in plan):
-                    continue
-                after = {nid: len(part) for nid, part in nodes}
-                for (nid, _), share in zip(combo, shares, strict=True):
-                    after[nid] -= share
-                score = (
-                    _variance(list(after.values())),
-                    _spread_distance([nid for nid, _ in combo], distances),
-                    tuple(nid for nid, _ in combo),
-                )
-                if best is None or score < best[0]:
-                    best = (score, plan)
+        for combo in combos:
+            plan = _even_plan(combo, count, group)
+            if not all(_fits(ctx, part, share, options) for part, share in plan):
+                continue
+            after = {nid: len(part) for nid, part in nodes}
+            for (nid, _), (_, share) in zip(combo, plan, strict=True):
+                after[nid] -= share
+            score = (
+                _variance(list(after.values())),
+                _spread_distance([nid for nid, _ in combo], distances),
+                tuple(nid for nid, _ in combo),
+            )
+            if best is None or score < best[0]:
+                best = (score, plan)
         if best is not None:
             taken = CpuSet()
             for part, share in best[1]:
@@ -313,23 +341,26 @@ def _distribute_across_numa(
             return taken
     raise AllocationError(
         f"distribute-across-numa: {count} CPUs cannot be split evenly over the NUMA nodes' "
-        f"free CPUs ({', '.join(f'node {nid}: {len(part)}' for nid, part in nodes)})"
+        f"free CPUs ({', '.join(f'node {nid}: {len(part)}' for nid, part in nodes) or 'none'})"
     )
 
 
-def _even_shares(count: int, k: int, group: int) -> list[tuple[int, ...]]:
-    """Every way to split ``count`` over ``k`` nodes as evenly as groups of ``group`` allow."""
+def _even_plan(
+    combo: Sequence[tuple[int, CpuSet]], count: int, group: int
+) -> list[tuple[CpuSet, int]]:
+    """Split ``count`` over the nodes of ``combo`` in groups of ``group`` CPUs, as evenly as
+    possible; the odd groups and CPUs go to the nodes with the most free CPUs (then lowest id),
+    which is also what keeps free space balanced.
+    """
     groups, leftover = divmod(count, group)
-    base, extra = divmod(groups, k)
-    options: set[tuple[int, ...]] = set()
-    for extra_nodes in itertools.combinations(range(k), extra):
-        shares = [(base + (1 if i in extra_nodes else 0)) * group for i in range(k)]
-        for i in range(k) if leftover else [None]:
-            with_left = list(shares)
-            if i is not None:
-                with_left[i] += leftover
-            options.add(tuple(with_left))
-    return sorted(options)
+    base, extra = divmod(groups, len(combo))
+    order = sorted(range(len(combo)), key=lambda i: (-len(combo[i][1]), combo[i][0]))
+    shares = [base * group] * len(combo)
+    for i in order[:extra]:
+        shares[i] += group
+    if leftover:
+        shares[order[extra % len(combo)]] += leftover
+    return [(part, share) for (_, part), share in zip(combo, shares, strict=True)]
 
 
 def _fits(ctx: _Context, part: CpuSet, share: int, options: AllocationOptions) -> bool:
