@@ -73,26 +73,31 @@ async def bench(args: argparse.Namespace) -> int:
                 nursery.start_soon(publisher.run)
                 await observer.synced.wait()
 
+                writes = client.writes
                 t0 = trio.current_time()
                 publisher.set_desired(specs)
                 t1 = await wait_until(observer, args.slices, 0)
                 publish_s = t1 - t0
                 print(
                     f"publish {args.slices} slices x {args.devices} devices: "
-                    f"{publish_s * 1000:.0f} ms wall, {client.writes} writes"
+                    f"{publish_s * 1000:.0f} ms wall, {client.writes - writes} writes"
                 )
 
-                recreate = []
+                recreate, after_call = [], []
                 for _ in range(args.rounds):
                     await trio.sleep(1.0)
                     gen = max(o["spec"]["pool"]["generation"] for o in observer.store.values())
                     t0 = trio.current_time()
                     await client.delete_collection(RESOURCE_SLICES, field_selector=selector)
-                    recreate.append(await wait_until(observer, args.slices, gen) - t0)
+                    t1 = trio.current_time()
+                    done = await wait_until(observer, args.slices, gen)
+                    recreate.append(done - t0)
+                    after_call.append(done - t1)
                 print(
-                    f"recreate after DeleteCollection ({args.rounds} rounds): "
+                    f"recreate after DeleteCollection ({args.rounds} rounds), from the call: "
                     f"median {statistics.median(recreate) * 1000:.0f} ms, "
-                    f"max {max(recreate) * 1000:.0f} ms (goal <= {RECREATE_GOAL_S * 1000:.0f} ms)"
+                    f"max {max(recreate) * 1000:.0f} ms (goal <= {RECREATE_GOAL_S * 1000:.0f} ms); "
+                    f"from its answer: median {statistics.median(after_call) * 1000:.0f} ms"
                 )
 
                 await trio.sleep(2.0)

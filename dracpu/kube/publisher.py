@@ -92,9 +92,9 @@ class SlicePublisher:
     """Publishes the desired ResourceSlice specs of one node and driver (see module docstring).
 
     ``owner_node`` adds an ownerReference to the Node (its UID read from the API) so slices are
-    garbage-collected with the node. ``labels`` are added to every slice. ``settle`` is how long
-    a change is left to coalesce with others before planning; ``parallel_writes`` bounds the
-    write calls in flight.
+    garbage-collected with the node. ``labels`` are added to every slice. Planning waits until
+    changes paused for ``settle`` seconds (at most ``max_settle``), so bursts are coalesced;
+    ``parallel_writes`` bounds the write calls in flight.
     """
 
     def __init__(
@@ -106,8 +106,10 @@ class SlicePublisher:
         owner_node: bool = True,
         labels: Mapping[str, str] | None = None,
         settle: float = 0.05,
+        max_settle: float = 0.5,
         parallel_writes: int = 4,
         backoff: Backoff | None = None,
+        race_backoff: Backoff | None = None,
         invalid_backoff: Backoff | None = None,
         watch_backoff: Backoff | None = None,
         rng: random.Random | None = None,
@@ -118,7 +120,9 @@ class SlicePublisher:
         self.owner_node = owner_node
         self.labels = dict(labels or {})
         self.settle = settle
+        self.max_settle = max_settle
         self.parallel_writes = parallel_writes
+        self.race_backoff = race_backoff or Backoff(initial=0.05, maximum=5.0)
         self.backoff = backoff or Backoff(initial=0.2, maximum=30.0)
         self.invalid_backoff = invalid_backoff or Backoff(initial=5.0, maximum=300.0)
         self._rng = rng or random.Random()
@@ -199,8 +203,7 @@ class SlicePublisher:
         failures = 0
         while True:
             await self._wake.wait()
-            await trio.sleep(self.settle)
-            self._wake = trio.Event()
+            await self._settle()
             self._desired_changed = trio.Event()
             if self._desired is None or not self.reflector.synced.is_set():
                 continue
@@ -228,11 +231,12 @@ class SlicePublisher:
                 self._unreachable = False
                 self._wake.set()  # Confirm against the store: expect an empty plan.
             except (ConflictError, NotFoundError, AlreadyExistsError) as exc:
-                # Our view is stale; the watch will catch up. Retry soon.
+                # Our view is stale (someone changed or deleted slices meanwhile); the watch
+                # is catching up. Retry soon, then back off if it keeps happening.
                 failures += 1
                 self._last_error = str(exc)
                 log.info("slice write raced with another change, retrying: %s", exc)
-                delay = self.backoff.delay(failures - 1, self._rng)
+                delay = self.race_backoff.delay(failures - 1, self._rng)
             except InvalidError as exc:
                 failures += 1
                 self._fail(exc, level=logging.ERROR)
@@ -245,6 +249,21 @@ class SlicePublisher:
                 with trio.move_on_after(delay):
                     await self._desired_changed.wait()
                 self._wake.set()
+
+    async def _settle(self) -> None:
+        """Wait until no change arrived for ``settle`` seconds (at most ``max_settle``).
+
+        A DeleteCollection by the kubelet arrives as one DELETED event per slice over a few
+        hundred milliseconds; planning in the middle would update slices about to vanish.
+        """
+        deadline = trio.current_time() + self.max_settle
+        while True:
+            self._wake = trio.Event()
+            with trio.move_on_after(self.settle):
+                await self._wake.wait()
+            if not self._wake.is_set() or trio.current_time() >= deadline:
+                self._wake = trio.Event()
+                return
 
     def _fail(self, exc: Exception, *, level: int) -> None:
         self._state = "error"
@@ -315,7 +334,11 @@ class SlicePublisher:
             self.reflector.forget({"metadata": {"name": d.name}})
 
         async def update(w: SliceWrite) -> None:
-            stored = await self.client.update(RESOURCE_SLICES, w.body)
+            try:
+                stored = await self.client.update(RESOURCE_SLICES, w.body)
+            except NotFoundError:
+                self.reflector.forget(w.body)  # Deleted under us: plan a create next time.
+                raise
             self._counts["update"] += 1
             self._stored(w.index, w.body, stored)
 
