@@ -1,6 +1,7 @@
 """The NRI plugin against the rig's real containerd (NRI v0.12 inside containerd 2.3).
 
-A container created through CRI (grpcio, like the kubelet) gets the plugin's cpuset adjustment,
+A container created through CRI (grpcio, like the kubelet) with a CDI device that injects
+``DRA_CPUSET_<claim>`` (what dracpu's prepare writes) gets the plugin's cpuset adjustment,
 and a later Runtime/UpdateContainers from the plugin moves a running container's cpuset. The
 CRI calls are blocking grpcio calls, so they run in a worker thread while the plugin answers
 NRI requests in the trio loop.
@@ -9,9 +10,10 @@ NRI requests in the trio loop.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -44,35 +46,54 @@ async def plugin(rig: Rig) -> AsyncIterator[tuple[NriPlugin, RecordingHandler]]:
         nursery.cancel_scope.cancel()
 
 
-def _pod(cpus: str) -> dict[str, object]:
+def _pod() -> dict[str, object]:
     name = f"nri-{uuid.uuid4().hex[:8]}"
     return {
         "metadata": {"name": name, "namespace": "nri-e2e", "uid": str(uuid.uuid4())},
-        "spec": {
-            "containers": [
-                {
-                    "name": "c",
-                    "command": ["sleep", "3600"],
-                    "env": [{"name": "DRA_CPUSET_e2eclaim", "value": cpus}],
-                }
-            ]
-        },
+        "spec": {"containers": [{"name": "c", "command": ["sleep", "3600"]}]},
     }
 
 
+@pytest.fixture
+def cdi_device(rig: Rig) -> Iterator[tuple[str, str]]:
+    """A CDI device injecting ``DRA_CPUSET_<claim>=<last allowed CPU>``, as the driver's would.
+
+    Yields (CDI device id, cpus). containerd applies CDI edits before NRI's CreateContainer, so
+    the plugin finds the variable in ``container.env``.
+    """
+    tag = uuid.uuid4().hex[:8]
+    cpus = str(sorted(os.sched_getaffinity(0))[-1])
+    kind = f"nri{tag}.dracpu.dev/cpu"
+    spec_file = rig.cdi_dir / f"nri-{tag}.json"
+    spec = {
+        "cdiVersion": "0.6.0",
+        "kind": kind,
+        "devices": [{"name": "claim", "containerEdits": {"env": [f"DRA_CPUSET_{tag}={cpus}"]}}],
+    }
+    spec_file.write_text(json.dumps(spec))
+    try:
+        yield f"{kind}=claim", cpus
+    finally:
+        spec_file.unlink()
+
+
 async def test_cri_container_gets_the_nri_cpuset(
-    rig: Rig, node_agent: NodeAgent, plugin: tuple[NriPlugin, RecordingHandler]
+    node_agent: NodeAgent,
+    plugin: tuple[NriPlugin, RecordingHandler],
+    cdi_device: tuple[str, str],
 ) -> None:
     nri, handler = plugin
-    cpus = sorted(os.sched_getaffinity(0))
-    first, last = str(cpus[0]), str(cpus[-1])
+    device, last = cdi_device
+    first = str(min(os.sched_getaffinity(0)))
     assert nri.runtime is not None
     assert nri.runtime.name == "containerd"
     running: RunningPod | None = None
     try:
         with trio.fail_after(120):
             running = await trio.to_thread.run_sync(
-                functools.partial(node_agent.start_cri_pod, _pod(last), cdi_by_container={})
+                functools.partial(
+                    node_agent.start_cri_pod, _pod(), cdi_by_container={"c": [device]}
+                )
             )
             report = (await trio.to_thread.run_sync(node_agent.report, running))["c"]
             cid = running.containers["c"]
