@@ -8,13 +8,18 @@ which runs the trio :class:`~dracpu.kubelet.handler.ClaimHandler` and normalises
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
+import grpclib
+import grpclib.const
 import trio
 
-from dracpu.kubelet.aio_bridge import run_trio
 from dracpu.kubelet.claims import complete_results, fail_all
 from dracpu.kubelet.handler import (
     ClaimFailed,
@@ -35,31 +40,100 @@ V1_SERVICE_LABEL = "v1.DRAPlugin"
 V1BETA1_SERVICE_LABEL = "v1beta1.DRAPlugin"
 
 
-class ClaimDispatcher:
-    """Calls the claim handler for both wire versions (trio side of the bridge).
+@dataclass(eq=False)
+class _Job:
+    """One handler call handed from the asyncio side to the dispatcher's trio worker."""
 
-    With ``serialize`` (the default, as in the upstream Go helper) one prepare or unprepare call
-    runs at a time; otherwise the handler must be safe for concurrent calls.
+    call: Callable[[], Awaitable[dict[str, Any]]]
+    future: asyncio.Future[dict[str, Any]]
+    scope: trio.CancelScope | None = None
+
+
+class ClaimDispatcher:
+    """Calls the claim handler for both wire versions, bridging asyncio (grpclib) to trio.
+
+    A trio worker (:meth:`run`, started before the DRA socket serves) takes calls from a queue;
+    the grpclib side waits on an asyncio future. This is cheaper per call than starting a trio
+    task through trio-asyncio for each RPC, and it serializes calls for free: with ``serialize``
+    (the default, as in the upstream Go helper) calls run one at a time in arrival order;
+    otherwise each runs in its own trio task and the handler must be safe for concurrent calls.
     """
 
     def __init__(self, handler: ClaimHandler, *, serialize: bool = True) -> None:
         self._handler = handler
-        self._lock: trio.Lock | None = trio.Lock() if serialize else None
+        self._serialize = serialize
+        self._send, self._receive = trio.open_memory_channel[_Job](math.inf)
+        self._running = False
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Execute queued calls until cancelled (trio side; needs the trio-asyncio loop open).
+
+        Cancellation: the running call and every queued call are cancelled; their asyncio
+        callers get ``CancelledError``.
+        """
+        self._running = True
+        try:
+            async with trio.open_nursery() as nursery:
+                task_status.started()
+                async for job in self._receive:
+                    if self._serialize:
+                        await self._execute(job)
+                    else:
+                        nursery.start_soon(self._execute, job)
+        finally:
+            self._running = False
+            while True:
+                try:
+                    job = self._receive.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                job.future.cancel()
 
     async def prepare(self, claims: Sequence[ClaimRef]) -> dict[str, PrepareResult]:
         """Prepare a batch (called from asyncio); one result per requested claim UID.
 
         Cancellation: cancelling the asyncio caller (kubelet deadline, connection lost, server
-        stopping) cancels the trio handler call; nothing is returned.
+        stopping) cancels the trio handler call, or drops it if it has not started.
         """
-        return await run_trio(self._call, self._handler.prepare, claims, "NodePrepareResources")
+        return await self._submit(
+            partial(self._call, self._handler.prepare, claims, "NodePrepareResources")
+        )
 
     async def unprepare(self, claims: Sequence[ClaimRef]) -> dict[str, UnprepareResult]:
         """Unprepare a batch (called from asyncio); one result per requested claim UID.
 
         Cancellation: as for :meth:`prepare`.
         """
-        return await run_trio(self._call, self._handler.unprepare, claims, "NodeUnprepareResources")
+        return await self._submit(
+            partial(self._call, self._handler.unprepare, claims, "NodeUnprepareResources")
+        )
+
+    async def _submit(self, call: Callable[[], Awaitable[dict[str, Any]]]) -> dict[str, Any]:
+        if not self._running:
+            raise grpclib.GRPCError(grpclib.const.Status.UNAVAILABLE, "plugin is stopping")
+        job = _Job(call, asyncio.get_running_loop().create_future())
+        self._send.send_nowait(job)
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            if job.scope is not None:
+                job.scope.cancel()
+            raise
+
+    async def _execute(self, job: _Job) -> None:
+        if job.future.done():  # the caller gave up while the job was queued
+            return
+        try:
+            with trio.CancelScope() as job.scope:
+                result = await job.call()
+            if not job.future.done():
+                if job.scope.cancelled_caught:
+                    job.future.cancel()
+                else:
+                    job.future.set_result(result)
+        finally:
+            if not job.future.done():  # the worker itself is being cancelled
+                job.future.cancel()
 
     async def _call(
         self,
@@ -70,11 +144,7 @@ class ClaimDispatcher:
         if not claims:
             return {}
         try:
-            if self._lock is None:
-                results = await method(claims)
-            else:
-                async with self._lock:
-                    results = await method(claims)
+            results = await method(claims)
         except Exception as exc:
             _log.exception("%s failed for %d claim(s)", operation, len(claims))
             return dict(fail_all(claims, f"{operation}: {exc}"))

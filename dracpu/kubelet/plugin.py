@@ -142,8 +142,10 @@ async def serve_kubelet_plugin(
     loop_cm = contextlib.nullcontext() if has_loop() else open_loop()
     running = RunningPlugin(paths=paths, supported_services=services, registration=board)
     try:
-        async with loop_cm, serve_unix_grpc(paths.dra_socket, dra_services):
-            await _serve_registration(config, paths, registration_service, running, task_status)
+        async with loop_cm, trio.open_nursery() as nursery:
+            await nursery.start(dispatcher.run)
+            async with serve_unix_grpc(paths.dra_socket, dra_services):
+                await _serve_registration(config, paths, registration_service, running, task_status)
     except BaseExceptionGroup as group:
         # trio-asyncio's loop runs a nursery, which wraps our own errors in a group; hand a
         # lone DracpuError (e.g. a socket problem) to the caller as itself.

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import grpc
 import trio
 
+from dracpu.kubelet import ClaimPrepared, ClaimRef, PrepareResult
 from tests.kubelet.conftest import GrpcioApi, PluginUnderTest
 
 # Generous client deadline: a hang would surface as DEADLINE_EXCEEDED after this long.
@@ -142,3 +144,39 @@ async def test_idle_accepted_connection_is_closed_by_the_server(plugin: PluginUn
         with trio.fail_after(5):
             while await raw.recv(65536):  # a GOAWAY or nothing, then end of stream
                 pass
+
+
+async def test_kubelet_deadline_cancels_the_handler_and_frees_the_queue(
+    plugin: PluginUnderTest, dra_v1: GrpcioApi
+) -> None:
+    """A call the kubelet gave up on must not block later calls (calls are serialized)."""
+    cancelled = trio.Event()
+    release_block = [True]
+
+    async def prepare(claims: Sequence[ClaimRef]) -> dict[str, PrepareResult]:
+        if release_block[0]:
+            release_block[0] = False
+            try:
+                await trio.sleep_forever()
+            finally:
+                cancelled.set()
+        return {c.uid: ClaimPrepared() for c in claims}
+
+    plugin.handler.prepare_override = prepare
+
+    def call(timeout: float) -> grpc.StatusCode:
+        with plugin.channel() as channel:
+            stub = dra_v1.grpc.DRAPluginStub(channel)
+            request = dra_v1.pb2.NodePrepareResourcesRequest(
+                claims=[dra_v1.pb2.Claim(namespace="ns", name="c", uid="u")]
+            )
+            try:
+                stub.NodePrepareResources(request, timeout=timeout)
+            except grpc.RpcError as exc:
+                return exc.code()  # type: ignore[no-any-return]
+            return grpc.StatusCode.OK
+
+    assert await trio.to_thread.run_sync(call, 0.5) == grpc.StatusCode.DEADLINE_EXCEEDED
+    with trio.fail_after(10):
+        await cancelled.wait()
+    assert await trio.to_thread.run_sync(call, 10.0) == grpc.StatusCode.OK
