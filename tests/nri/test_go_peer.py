@@ -81,6 +81,8 @@ async def test_register_and_configure(nri_peer_binary: Path, socket_path: str) -
 async def test_synchronize_more_than_4mib(nri_peer_binary: Path, socket_path: str) -> None:
     handler = RecordingHandler(shared_cpus="4-7")
     populate = {"count": 3000, "annotation_bytes": 2000}  # ~6.2 MB of state: chunked sync
+    # One request timeout covers all chunks; decoding 6 MB in pure-Python protobuf takes ~0.5 s
+    # (more on a loaded CI machine), so this test allows 10 s instead of the default 2 s.
     with trio.fail_after(60):
         async with connected(
             nri_peer_binary, socket_path, handler, request_timeout_ms=10_000, populate=populate
