@@ -133,6 +133,7 @@ class MuxConnection:
         Cancellation: cancelling the caller closes the connection: request tasks are cancelled,
         pending calls fail with :class:`ConnectionClosedError`, the stream is closed.
         """
+        level = logging.INFO
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -145,6 +146,7 @@ class MuxConnection:
                     self.close("peer closed the socket (EOF)")
                 except FrameError as exc:
                     self.close(f"protocol error: {exc}")
+                    level = logging.WARNING
                 except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                     self.close(f"socket error: {exc!r}")
         finally:
@@ -153,7 +155,7 @@ class MuxConnection:
             self.close(self._close_reason)
             await trio.aclose_forcefully(self._stream)
             self._closed.set()
-        log.info("%s: connection closed: %s", self._name, self._close_reason)
+        log.log(level, "%s: connection closed: %s", self._name, self._close_reason)
         return self._close_reason
 
     async def _read_loop(self) -> None:
