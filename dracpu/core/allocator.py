@@ -75,7 +75,7 @@ def allocate(
         options = dataclasses.replace(options, strategy=Strategy.PACKED)
     if options.distribute_across_numa and len(topology.numas) > 1:
         return _distribute_across_numa(ctx, free, count, options)
-    return _take(ctx, free, count, options.strategy)
+    return _take(ctx, free, count, options.strategy, whole_cores_only=options.full_pcpus_only)
 
 
 def _check_full_pcpus(ctx: _Context, whole_free: CpuSet, count: int) -> None:
@@ -211,7 +211,14 @@ class _Context:
         return (whole_groups, self.whole_capacity(scope, count, candidates))
 
 
-def _take(ctx: _Context, free_set: CpuSet, count: int, strategy: Strategy) -> CpuSet:
+def _take(
+    ctx: _Context,
+    free_set: CpuSet,
+    count: int,
+    strategy: Strategy,
+    *,
+    whole_cores_only: bool = False,
+) -> CpuSet:
     """Take ``count`` CPUs out of ``free_set`` (which holds at least that many)."""
     free = free_set.mask
     scope = _narrow(ctx, free, free, count)
@@ -220,6 +227,14 @@ def _take(ctx: _Context, free_set: CpuSet, count: int, strategy: Strategy) -> Cp
     for level in ctx.levels:
         while count > 0:
             candidates = [g for g in level if g and g & ~scope == 0 and _popcount(g) <= count]
+            if whole_cores_only:
+                # Only whole domains after which the rest can still be made of whole cores.
+                candidates = [
+                    g
+                    for g in candidates
+                    if ctx.whole_capacity(scope & ~g, count - _popcount(g), ctx.all_cores)
+                    == count - _popcount(g)
+                ]
             if not candidates:
                 break
             group = min(candidates, key=lambda g: ctx.pack_key(g, free))
@@ -337,7 +352,9 @@ def _distribute_across_numa(
             taken = CpuSet()
             for part, share in best[1]:
                 if share:
-                    taken = taken | _take(ctx, part, share, options.strategy)
+                    taken = taken | _take(
+                        ctx, part, share, options.strategy, whole_cores_only=options.full_pcpus_only
+                    )
             return taken
     raise AllocationError(
         f"distribute-across-numa: {count} CPUs cannot be split evenly over the NUMA nodes' "

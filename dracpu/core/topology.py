@@ -86,6 +86,8 @@ class Topology:
     numas: Mapping[int, CpuSet] = field(init=False)
     l3_groups: Mapping[int, CpuSet] = field(init=False)
     l2_groups: Mapping[int, CpuSet] = field(init=False)
+    threads_per_core: int = field(init=False)
+    """The widest core's online thread count (1, 2, 4, …); 0 when there are no CPUs."""
     derived: dict[str, object] = field(init=False, compare=False, repr=False)
     """Memo of indexes other pure modules derive from this topology (e.g. the allocator's)."""
 
@@ -101,6 +103,7 @@ class Topology:
             _set(self, "present", self.online | self.offline)
         _set(self, "cores", _group(ordered, lambda i: i.core_key))
         _set(self, "core_of", {i.cpu: i.core_key for i in ordered})
+        _set(self, "threads_per_core", max((len(c) for c in self.cores.values()), default=0))
         _set(self, "sockets", _group(ordered, lambda i: i.socket))
         _set(self, "dies", _group(ordered, lambda i: (i.socket, i.die)))
         _set(self, "numas", _group(ordered, lambda i: i.numa))
@@ -141,11 +144,6 @@ class Topology:
     def num_cores(self) -> int:
         """Physical cores with at least one online CPU."""
         return len(self.cores)
-
-    @property
-    def threads_per_core(self) -> int:
-        """The widest core's online thread count (1, 2, 4, …); 0 when there are no CPUs."""
-        return max((len(c) for c in self.cores.values()), default=0)
 
     @property
     def uniform_threads_per_core(self) -> int | None:

@@ -147,3 +147,13 @@ def test_allocation_is_deterministic_and_within_available(shared_dir: Path) -> N
     assert first == allocate(topo, free, 17)
     assert first <= free
     assert len(first) == 17
+
+
+def test_full_pcpus_does_not_take_a_whole_node_that_strands_the_rest() -> None:
+    # Found by hypothesis. NUMA 0 holds two single-thread cores (4, 5: siblings 0, 1 offline),
+    # NUMA 1 two SMT-2 cores (2/6, 3/7). 3 CPUs of whole cores = one 1-thread core + one 2-thread
+    # core; taking all of NUMA 0 first would leave 1 CPU that only a split core could give.
+    topo = make_topology(1, 2, 2, 2, offline=[0, 1])
+    cpus = allocate(topo, topo.online, 3, FULL)
+    assert len(cpus) == 3
+    assert all(core <= cpus for core in topo.cores.values() if not core.isdisjoint(cpus))
