@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from dracpu.errors import ProtocolError
-from dracpu.nri import Backoff, NriPlugin, RpcStatusError
+from dracpu.nri import DEFAULT_EVENTS, Backoff, NriPlugin, RpcStatusError
 from generated.nri.pkg.api import v1alpha1 as api
 from tests.nri.peer import NriPeer, open_peer
 from tests.nri.recording_handler import RecordingHandler, cpu_update
@@ -31,6 +31,7 @@ async def connected(
     *,
     request_timeout_ms: int = 0,
     populate: dict[str, int] | None = None,
+    events: frozenset[api.Event] = DEFAULT_EVENTS,
 ) -> AsyncIterator[tuple[NriPeer, NriPlugin, trio.Nursery]]:
     """A peer serving ``socket_path`` with the plugin registered and synchronized."""
     async with trio.open_nursery() as nursery:
@@ -44,6 +45,7 @@ async def connected(
             name="dra.cpu",
             index="50",
             socket_path=socket_path,
+            events=events,
             backoff=Backoff(initial=0.05, maximum=0.5),
         )
         handler.plugin = plugin
@@ -76,6 +78,23 @@ async def test_register_and_configure(nri_peer_binary: Path, socket_path: str) -
             assert handler.syncs == [(1, 0)]
             assert any("50-dra.cpu" in line for line in peer.logs())
             assert not [m for m in peer.logs() if "invalid plugin events" in m]
+
+
+async def test_newer_events_are_only_requested_from_runtimes_that_know_them(
+    nri_peer_binary: Path, socket_path: str
+) -> None:
+    handler = RecordingHandler()
+    wanted = DEFAULT_EVENTS | {api.Event.UPDATE_POD_SANDBOX, api.Event.POST_UPDATE_POD_SANDBOX}
+    with trio.fail_after(30):
+        async with connected(nri_peer_binary, socket_path, handler, events=wanted) as (peer, _, _):
+            [info] = handler.configured
+            await peer.command("create", pod="p0", id="c", name="c", env=["DRA_CPUSET_x=1"])
+    # Only v0.12+ tells its NRI version; older runtimes reject bits beyond their Event.LAST.
+    knows_new_events = nri_peer_binary.parent.name.startswith("nri-v0.12")
+    assert info.nri_version == ("v0.12.0" if knows_new_events else "")
+    assert (api.Event.UPDATE_POD_SANDBOX in info.events) == knows_new_events
+    assert info.events >= DEFAULT_EVENTS
+    assert not [m for m in peer.logs() if "invalid plugin events" in m]
 
 
 async def test_synchronize_more_than_4mib(nri_peer_binary: Path, socket_path: str) -> None:
