@@ -291,7 +291,7 @@ class NodeAgent:
             metadata=pb.PodSandboxMetadata(
                 name=m["name"], namespace=m["namespace"], uid=m["uid"], attempt=0
             ),
-            hostname=m["name"],
+            # No hostname: like the kubelet for hostNetwork pods (the UTS namespace is the host's).
             log_directory=str(self.rig.state_dir / "pods" / m["uid"]),
             labels={
                 "io.kubernetes.pod.name": m["name"],
@@ -322,7 +322,7 @@ class NodeAgent:
         if "memory" in lim:
             linux_res.memory_limit_in_bytes = _quantity_bytes(lim["memory"])
         envs = [
-            pb.KeyValue(key=e["name"], value=e.get("value", ""))
+            pb.KeyValue(key=e["name"], value=e.get("value", "").encode())
             for e in spec.get("env", [])
             if "valueFrom" not in e
         ]
@@ -420,6 +420,9 @@ class NodeAgent:
         out = {}
         for name, cid in running.containers.items():
             pid = self.cri.container_pid(cid)
+            # StartContainer can return while runc's init is still exec'ing the entrypoint
+            # (its environ is empty until then); wait for the container's own process.
+            wait_for(f"container {name} ({cid[:12]}) to exec", lambda: _environ(pid), 10)
             out[name] = ContainerReport(
                 name=name,
                 container_id=cid,
