@@ -422,7 +422,7 @@ class NodeAgent:
             pid = self.cri.container_pid(cid)
             # StartContainer can return while runc's init is still exec'ing the entrypoint
             # (its environ is empty until then); wait for the container's own process.
-            wait_for(f"container {name} ({cid[:12]}) to exec", lambda: _environ(pid), 10)
+            wait_for(f"container {name} ({cid[:12]}) to exec", lambda pid=pid: _environ(pid), 10)
             out[name] = ContainerReport(
                 name=name,
                 container_id=cid,
