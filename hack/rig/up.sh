@@ -80,7 +80,7 @@ wait_ready() {
         [ "$(date +%s)" -lt "$deadline" ] || fail "$name" "not ready after ${timeout}s"
         sleep 0.3
     done
-    rig_log "$name ready ($(elapsed)s)"
+    rig_log "${what:-$name} ready ($(elapsed)s)"
 }
 CURL=(curl -fsS --max-time 3 --cacert "$RIG_PKI/ca.crt" --cert "$RIG_PKI/admin.crt"
     --key "$RIG_PKI/admin.key")
@@ -191,9 +191,9 @@ ready=[c for c in n["status"].get("conditions",[]) if c["type"]=="Ready" and c["
 taints=[t for t in n["spec"].get("taints",[]) if t["key"].startswith("node.kubernetes.io/")]
 sys.exit(0 if ready and not taints else 1)'
 }
-wait_ready node-heartbeat 90 node_ready
+what="node $RIG_NODE_NAME (Ready, untainted)" wait_ready node-heartbeat 90 node_ready
 # ServiceAccount admission needs "default" to exist before pods can be created there.
-wait_ready kube-controller-manager 60 "${CURL[@]}" \
+what="default ServiceAccount" wait_ready kube-controller-manager 60 "${CURL[@]}" \
     "https://127.0.0.1:$RIG_APISERVER_PORT/api/v1/namespaces/default/serviceaccounts/default"
 
 # ---------------------------------------------------------------- containerd
@@ -211,7 +211,7 @@ CTR=("$RIG_BIN/ctr" --address "$RIG_CRI_SOCKET" -n k8s.io)
 wait_ready containerd 60 "${CTR[@]}" version
 # CRI answers only once its plugin has loaded; the status call goes through the CRI service.
 cri_up() { "${CTR[@]}" plugins ls | grep -Eq '^io\.containerd\.grpc\.v1 +cri +.* ok *$'; }
-wait_ready containerd 60 cri_up
+what="containerd CRI plugin" wait_ready containerd 60 cri_up
 [ -S "$RIG_NRI_SOCKET" ] || fail containerd "NRI socket $RIG_NRI_SOCKET not created"
 
 "$PY" "$RIG_HACK_DIR/build_images.py" "$RIG_STATE/images" >>"$RIG_LOGS/images.log" 2>&1 ||
@@ -220,7 +220,7 @@ for img in "$RIG_STATE/images"/*.tar; do
     "${CTR[@]}" images import --platform linux/amd64 "$img" >>"$RIG_LOGS/images.log" 2>&1 ||
         { tail -n 30 "$RIG_LOGS/images.log" >&2; rig_die "images: ctr import $img failed"; }
 done
-"${CTR[@]}" images ls -q >>"$RIG_LOGS/images.log"
+"${CTR[@]}" images ls -q >>"$RIG_LOGS/images.log" 2>&1
 
 "$PY" -m tests.e2e.rig is-up || rig_die "rig: components started but rig_is_up() is false"
 failed=0
