@@ -13,7 +13,6 @@ need_apt=()
 command -v runc >/dev/null 2>&1 || need_apt+=(runc)
 [ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx sh || need_apt+=(busybox-static)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
-command -v iptables >/dev/null 2>&1 || need_apt+=(iptables)
 if [ ${#need_apt[@]} -gt 0 ]; then
     rig_log "apt-get install ${need_apt[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null

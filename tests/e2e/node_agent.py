@@ -105,11 +105,12 @@ class CRI:
 
 
 # ------------------------------------------------------------------------------ kube API
-def kube_client(rig: Rig) -> httpx.Client:
-    """An httpx client for the rig's apiserver with the admin client certificate."""
+def kube_client(rig: Rig, url: str | None = None) -> httpx.Client:
+    """An httpx client for the rig's apiserver (or another one at ``url`` sharing its PKI)
+    with the admin client certificate."""
     ctx = ssl.create_default_context(cafile=str(rig.ca_cert))
     ctx.load_cert_chain(str(rig.admin_cert), str(rig.admin_key))
-    return httpx.Client(base_url=rig.apiserver_url, verify=ctx, timeout=15.0)
+    return httpx.Client(base_url=url or rig.apiserver_url, verify=ctx, timeout=15.0)
 
 
 def _get(client: httpx.Client, path: str) -> dict[str, Any]:
