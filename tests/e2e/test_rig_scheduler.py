@@ -156,3 +156,83 @@ def test_scheduler_allocates_claim_and_binds_pod(
     node_terms = status["allocation"]["nodeSelector"]["nodeSelectorTerms"]
     assert rig.node_name in str(node_terms)
     assert [c["uid"] for c in status["reservedFor"]] == [pod["metadata"]["uid"]]
+
+
+def test_controller_manager_creates_claim_from_template(
+    rig: Rig, kube: httpx.Client, created: Created
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    driver = f"t{tag}.smoke.dracpu.dev"
+    created.post(
+        f"{RESOURCE}/deviceclasses",
+        {
+            "apiVersion": "resource.k8s.io/v1",
+            "kind": "DeviceClass",
+            "metadata": {"name": f"tmpl-{tag}"},
+            "spec": {"selectors": [{"cel": {"expression": f'device.driver == "{driver}"'}}]},
+        },
+    )
+    created.post(
+        f"{RESOURCE}/resourceslices",
+        {
+            "apiVersion": "resource.k8s.io/v1",
+            "kind": "ResourceSlice",
+            "metadata": {"name": f"tmpl-{tag}"},
+            "spec": {
+                "driver": driver,
+                "nodeName": rig.node_name,
+                "pool": {"name": rig.node_name, "generation": 1, "resourceSliceCount": 1},
+                "devices": [{"name": "d0"}],
+            },
+        },
+    )
+    created.post(
+        f"{RESOURCE}/namespaces/{NS}/resourceclaimtemplates",
+        {
+            "apiVersion": "resource.k8s.io/v1",
+            "kind": "ResourceClaimTemplate",
+            "metadata": {"name": f"tmpl-{tag}"},
+            "spec": {
+                "spec": {
+                    "devices": {
+                        "requests": [{"name": "r", "exactly": {"deviceClassName": f"tmpl-{tag}"}}]
+                    }
+                }
+            },
+        },
+    )
+    pod = created.post(
+        f"/api/v1/namespaces/{NS}/pods",
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": f"tmpl-{tag}"},
+            "spec": {
+                "resourceClaims": [{"name": "c", "resourceClaimTemplateName": f"tmpl-{tag}"}],
+                "containers": [
+                    {
+                        "name": "c",
+                        "image": rig.busybox_image,
+                        "resources": {"claims": [{"name": "c"}]},
+                    }
+                ],
+            },
+        },
+    )
+    pod_path = f"/api/v1/namespaces/{NS}/pods/{pod['metadata']['name']}"
+
+    def generated_claim() -> str | None:
+        statuses = kube.get(pod_path).json().get("status", {}).get("resourceClaimStatuses", [])
+        names = [s.get("resourceClaimName") for s in statuses if s["name"] == "c"]
+        return names[0] if names else None
+
+    claim_name = wait_for("claim generated from template", generated_claim, timeout=60)
+    created.paths.append(f"{RESOURCE}/namespaces/{NS}/resourceclaims/{claim_name}")
+    assert (
+        wait_for("pod bound", lambda: kube.get(pod_path).json()["spec"].get("nodeName"), 60)
+        == rig.node_name
+    )
+    claim = kube.get(f"{RESOURCE}/namespaces/{NS}/resourceclaims/{claim_name}").json()
+    owner = claim["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["uid"]) == ("Pod", pod["metadata"]["uid"])
+    assert claim["status"]["allocation"]["devices"]["results"][0]["device"] == "d0"
