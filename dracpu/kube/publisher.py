@@ -161,6 +161,8 @@ class SlicePublisher:
         if new != self._desired:
             self._desired = new
             self.in_sync = trio.Event()
+            if self._state == "in-sync":
+                self._state = "syncing"
             self._desired_changed.set()
             self._wake.set()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -290,3 +291,49 @@ async def test_core_model_specs_publish_and_stay_quiet(
         assert health.ok, health
         got = await node_slices(kube, node)
         assert sum(len(o["spec"]["devices"]) for o in got) == sum(len(s["devices"]) for s in specs)
+
+
+async def test_apiserver_down_then_back_is_caught_up(rig: Rig, tmp_path: Path) -> None:
+    """A real apiserver stops while the desired slices change; the publisher retries with
+    backoff, reports it, and publishes the new state once the apiserver is back."""
+    port, prefix = free_port(), f"/dracpu-kube-e2e-{uuid.uuid4().hex[:8]}"
+    log_path = tmp_path / "apiserver.log"
+
+    def server() -> Any:
+        return extra_apiserver(
+            rig,
+            port=port,
+            gates={},
+            log_path=log_path,
+            extra_args=["--endpoint-reconciler-type=none"],
+            etcd_prefix=prefix,
+        )
+
+    config = rig_config(rig, f"https://127.0.0.1:{port}")
+    node = unique_node_name()
+    async with KubeClient(config, rng=random.Random(9)) as client:
+        publisher = SlicePublisher(
+            client, node_name=node, watch_backoff=Backoff(initial=0.2, maximum=2.0)
+        )
+        async with trio.open_nursery() as nursery:
+            async with server():
+                await create_node(client, node)
+                nursery.start_soon(publisher.run)
+                publisher.set_desired(make_specs(node, slices=2, per_slice=8))
+                with trio.fail_after(60):
+                    await publisher.in_sync.wait()
+            # The apiserver is gone now.
+            publisher.set_desired(make_specs(node, slices=3, per_slice=8))
+            await wait_for(lambda: not publisher.health().api_reachable, 30)
+            assert publisher.health().state != "in-sync"
+            await trio.sleep(3)
+            async with server():
+                with trio.fail_after(60):
+                    await publisher.in_sync.wait()
+                stored = await client.list(
+                    RESOURCE_SLICES, field_selector=f"spec.nodeName={node},spec.driver=dra.cpu"
+                )
+                await client.delete(NODES, node)
+            nursery.cancel_scope.cancel()
+    assert len(stored.items) == 3
+    assert {o["spec"]["pool"]["generation"] for o in stored.items} == {2}

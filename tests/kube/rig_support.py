@@ -146,14 +146,18 @@ async def extra_apiserver(
     gates: dict[str, bool],
     log_path: Path,
     extra_args: Sequence[str] = (),
+    etcd_prefix: str | None = None,
 ) -> AsyncIterator[str]:
-    """Run a second kube-apiserver with ``gates`` overridden; yields its URL."""
-    prefix = f"/dracpu-kube-e2e-{uuid.uuid4().hex[:8]}"
+    """Run a second kube-apiserver with ``gates`` overridden; yields its URL.
+
+    ``etcd_prefix`` (default: a fresh one) lets a later server see the same objects.
+    """
+    prefix = etcd_prefix or f"/dracpu-kube-e2e-{uuid.uuid4().hex[:8]}"
     argv = apiserver_argv(
         rig, secure_port=port, etcd_prefix=prefix, feature_gates=gates, extra_args=extra_args
     )
     url = f"https://127.0.0.1:{port}"
-    with log_path.open("wb") as log:
+    with log_path.open("ab") as log:
         proc = await trio.lowlevel.open_process(argv, stdout=log, stderr=subprocess.STDOUT)
         try:
             with trio.fail_after(120):
