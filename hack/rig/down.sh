@@ -19,17 +19,17 @@ ours() { # ours PID: the process is one the rig started (binary from the rig cac
     cmd=$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null) || return 1
     [[ "$cmd" == *"$RIG_BIN"* || "$cmd" == *"$RIG_HACK_DIR"* || "$cmd" == *"$RIG_STATE"* ]]
 }
-stop_pid() { # stop_pid NAME PID
-    local name=$1 pid=$2
+stop_pid() { # stop_pid NAME PID [GRACE_TENTHS]
+    local name=$1 pid=$2 grace=${3:-100}
     kill -0 "$pid" 2>/dev/null || return 0
     if ! ours "$pid"; then
         rig_log "$name: PID $pid is no longer a rig process; leaving it alone"
         return 0
     fi
     kill -TERM "$pid" 2>/dev/null
-    for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || { rig_log "stopped $name ($pid)"; return 0; }; sleep 0.1; done
+    for _ in $(seq "$grace"); do kill -0 "$pid" 2>/dev/null || { rig_log "stopped $name ($pid)"; return 0; }; sleep 0.1; done
     kill -KILL "$pid" 2>/dev/null
-    rig_log "killed $name ($pid) after 10s"
+    rig_log "killed $name ($pid) after $((grace / 10))s"
 }
 
 if [ -d "$RIG_RUN" ]; then
@@ -44,7 +44,10 @@ if [ -d "$RIG_RUN" ]; then
     for n in "${order[@]}"; do
         f="$RIG_RUN/$n.pid"
         [ -e "$f" ] || continue
-        stop_pid "$n" "$(cat "$f")"
+        # kube-apiserver closes its listeners at once on SIGTERM but its process lingers
+        # (seen with v1.37.2); its data is thrown away at the next rig-up, so wait less.
+        case "$n" in *apiserver*) g=30 ;; *) g=100 ;; esac
+        stop_pid "$n" "$(cat "$f")" "$g"
         rm -f "$f"
     done
 fi
