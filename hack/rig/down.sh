@@ -53,7 +53,10 @@ if [ -d "$RIG_RUN" ]; then
 fi
 
 # Cgroups the rig created: containerd's own (shims) and the pods' parent in every hierarchy.
+# Only when this state dir recorded creating them, so a rig-down for another state dir (or a
+# failed rig-up that never got that far) leaves a running rig's cgroups alone.
 cgroups=()
+[ -e "$RIG_RUN/runtime-cgroup" ] || { unmount_state; rig_log "down"; exit 0; }
 for h in /sys/fs/cgroup/*/ /sys/fs/cgroup/; do
     for d in "$h$RIG_CGROUP_PARENT" "$h$RIG_CGROUP_PARENT-runtime"; do
         [ -d "$d" ] && cgroups+=("$d")
