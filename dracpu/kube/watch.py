@@ -4,8 +4,11 @@
 list's resourceVersion with bookmarks on; it resumes a watch that ends or drops from the last
 resourceVersion it saw, lists again on ``410 Gone`` (as an HTTP answer or an ``ERROR`` event), and
 waits with bounded exponential backoff and jitter after failures, so a dead API server costs a
-few requests a minute, not a tight loop. Its :attr:`Reflector.store` maps ``namespace/name`` to
-the newest object; ``on_change`` is called after every change so owners can react.
+few requests a minute, not a tight loop. After three failed resumes in a row it lists afresh, in
+case the server no longer knows the resourceVersion (its etcd was replaced or restored); only a
+watch that delivers events resets the backoff. Its :attr:`Reflector.store` maps
+``namespace/name`` to the newest object; ``on_change`` is called after every change so owners
+can react.
 
 Writers that have just stored an object can put the server's answer into the store at once with
 :meth:`Reflector.remember` (like client-go's mutation cache) so they do not act on an older copy
@@ -162,16 +165,17 @@ class Reflector:
                     need_list = False
                     self.healthy, self.last_error = True, None
                     self.synced.set()
-                    failures = 0
                 got_events = await self._watch_once()
                 if got_events:
                     failures = 0
                     continue
                 # The stream closed without a single event: normal after a server timeout, but
-                # if it keeps happening the server is unhealthy; do not spin.
+                # if it keeps happening the server is unhealthy; do not spin, and list again
+                # (our resourceVersion may mean nothing to it, e.g. after an etcd restore).
                 failures += 1
                 if failures < 3:
                     continue
+                need_list = True
             except GoneError as exc:
                 log.info("%s: %s; listing again", self.resource.plural, exc)
                 need_list = True
@@ -191,7 +195,11 @@ class Reflector:
                     failures,
                     exc,
                 )
-                if isinstance(exc, ApiStatusError) and exc.code in (400, 403, 404):
+                if failures >= 3 or (
+                    isinstance(exc, ApiStatusError) and exc.code in (400, 403, 404)
+                ):
+                    # Resuming keeps failing: the resourceVersion may be unknown to the server
+                    # (its etcd was replaced: "too large resource version"); list afresh.
                     need_list = True
             await trio.sleep(self.backoff.delay(failures - 1, self._rng))
 

@@ -117,3 +117,26 @@ async def test_watch_errors_and_empty_streams_do_not_spin(autojump_clock: trio.a
         nursery.cancel_scope.cancel()
     watch_calls = [r for r in server.requests if r[2].get("watch") == "true"]
     assert 5 <= len(watch_calls) <= 20
+
+
+async def test_repeated_resume_failures_fall_back_to_a_fresh_list(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A server whose etcd was replaced does not know our resourceVersion: relist, don't loop."""
+    server = FakeApiServer()
+    server.put_object("nodes", node("a"))
+    client, reflector, _ = make(server, backoff=Backoff(initial=0.5, maximum=4.0))
+    async with client, trio.open_nursery() as nursery:
+        nursery.start_soon(reflector.run)
+        await reflector.synced.wait()
+        # Every watch now fails (as a "too large resource version" 504 would) ...
+        server.faults.append(Fault(code=504, watch=True, times=3))
+        server.cut_watches()
+        # ... and the new server has other objects.
+        server.remove_object("nodes", "a")
+        server.put_object("nodes", node("b"))
+        server.log.clear()
+        await trio.sleep(30)
+        nursery.cancel_scope.cancel()
+    assert 2 <= reflector.lists <= 4
+    assert set(reflector.store) == {"b"}
