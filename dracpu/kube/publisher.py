@@ -141,7 +141,7 @@ class SlicePublisher:
         self._node_uid: str | None = None
         self._generation = 0
         self._wake = trio.Event()
-        self._desired_changed = trio.Event()
+        self._kick = trio.Event()
         self._state = "starting"
         self._last_error: str | None = None
         self._unreachable = False
@@ -163,11 +163,14 @@ class SlicePublisher:
             self.in_sync = trio.Event()
             if self._state == "in-sync":
                 self._state = "syncing"
-            self._desired_changed.set()
+            self._kick.set()
             self._wake.set()
 
     def _on_change(self, change: Change) -> None:
         self._wake.set()
+        if change.kind == "RELISTED":
+            # A fresh list: the API server is (back) up; do not sit out a backoff wait.
+            self._kick.set()
 
     # --- outputs ----------------------------------------------------------------------------
 
@@ -206,7 +209,7 @@ class SlicePublisher:
         while True:
             await self._wake.wait()
             await self._settle()
-            self._desired_changed = trio.Event()
+            self._kick = trio.Event()
             if self._desired is None or not self.reflector.synced.is_set():
                 continue
             delay = 0.0
@@ -249,7 +252,7 @@ class SlicePublisher:
                 delay = self.backoff.delay(failures - 1, self._rng)
             if delay:
                 with trio.move_on_after(delay):
-                    await self._desired_changed.wait()
+                    await self._kick.wait()
                 self._wake.set()
 
     async def _settle(self) -> None:

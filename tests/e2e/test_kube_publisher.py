@@ -307,6 +307,7 @@ async def test_apiserver_down_then_back_is_caught_up(rig: Rig, tmp_path: Path) -
             log_path=log_path,
             extra_args=["--endpoint-reconciler-type=none"],
             etcd_prefix=prefix,
+            crash=True,
         )
 
     config = rig_config(rig, f"https://127.0.0.1:{port}")

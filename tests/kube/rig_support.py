@@ -147,10 +147,12 @@ async def extra_apiserver(
     log_path: Path,
     extra_args: Sequence[str] = (),
     etcd_prefix: str | None = None,
+    crash: bool = False,
 ) -> AsyncIterator[str]:
     """Run a second kube-apiserver with ``gates`` overridden; yields its URL.
 
-    ``etcd_prefix`` (default: a fresh one) lets a later server see the same objects.
+    ``etcd_prefix`` (default: a fresh one) lets a later server see the same objects. ``crash``
+    ends it with SIGKILL (connections reset at once) instead of a graceful SIGTERM.
     """
     prefix = etcd_prefix or f"/dracpu-kube-e2e-{uuid.uuid4().hex[:8]}"
     argv = apiserver_argv(
@@ -169,6 +171,8 @@ async def extra_apiserver(
             yield url
         finally:
             with trio.CancelScope(shield=True):
+                if crash:
+                    proc.kill()
                 proc.terminate()
                 with trio.move_on_after(30):
                     await proc.wait()
