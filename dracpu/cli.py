@@ -17,9 +17,10 @@ import yaml
 
 from dracpu.core.allocator import AllocationOptions, Strategy, allocate
 from dracpu.core.cpuset import CpuSet
-from dracpu.core.slices import DeviceMode, GroupBy, SliceOptions, build_slice_specs, slice_objects
+from dracpu.core.slices import DRIVER, DeviceMode, GroupBy, SliceOptions, build_slice_specs
 from dracpu.core.topology import CoreType, Topology
 from dracpu.errors import AllocationError, CpuSetParseError, DracpuError
+from dracpu.kube.slice_diff import plan_slices
 from dracpu.sysfs import DEFAULT_ROOT, read_topology
 
 EXIT_USAGE = 2
@@ -138,7 +139,7 @@ def _inspect(args: argparse.Namespace) -> int:
     if args.what == "topology":
         _print(topology_document(topology))
     elif args.what == "slices":
-        _print_all(slice_objects(build_slice_specs(topology, options)))
+        _print_all(first_publish_bodies(build_slice_specs(topology, options), args.node_name))
     else:
         free: CpuSet = topology.online if args.free is None else args.free
         unknown = free - topology.online
@@ -158,6 +159,13 @@ def _inspect(args: argparse.Namespace) -> int:
         )
         _print(allocation_document(topology, cpus))
     return 0
+
+
+def first_publish_bodies(specs: list[dict[str, Any]], node_name: str) -> list[dict[str, Any]]:
+    """The ResourceSlice bodies the publisher would create for ``specs`` on an empty API server
+    (without the Node ownerReference, whose UID only the API server knows)."""
+    plan = plan_slices(specs, [], driver=DRIVER, node=node_name)
+    return [write.body for write in plan.creates]
 
 
 def topology_document(topology: Topology) -> dict[str, Any]:

@@ -23,7 +23,6 @@ from dracpu.core.topology import Topology
 from dracpu.errors import InvalidValueError
 
 DRIVER = "dra.cpu"
-API_VERSION = "resource.k8s.io/v1"
 CPU_CAPACITY = "dra.cpu/cpu"
 
 MAX_DEVICES_PER_SLICE = 128
@@ -142,34 +141,6 @@ def max_devices_per_slice(devices: Sequence[Mapping[str, Any]]) -> int:
             if any(k in value for k in ("ints", "bools", "strings", "versions")):
                 return MAX_DEVICES_PER_SLICE_ADVANCED
     return MAX_DEVICES_PER_SLICE
-
-
-def slice_objects(specs: Sequence[Json], *, owner: Mapping[str, str] | None = None) -> list[Json]:
-    """Whole ResourceSlice objects for ``specs``, named ``<node>-dra.cpu-<index>``.
-
-    ``owner`` is the Node's ``{"name", "uid"}``; with it, each slice gets an ownerReference so
-    it is garbage-collected with the node.
-    """
-    objects = []
-    for index, spec in enumerate(specs):
-        metadata: Json = {
-            "name": f"{spec['nodeName']}-{DRIVER}-{index}",
-            "labels": {"app.kubernetes.io/managed-by": "dracpu"},
-        }
-        if owner is not None:
-            metadata["ownerReferences"] = [
-                {
-                    "apiVersion": "v1",
-                    "kind": "Node",
-                    "name": owner["name"],
-                    "uid": owner["uid"],
-                    "controller": True,
-                }
-            ]
-        objects.append(
-            {"apiVersion": API_VERSION, "kind": "ResourceSlice", "metadata": metadata, "spec": spec}
-        )
-    return objects
 
 
 def _int(value: int) -> Json:

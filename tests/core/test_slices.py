@@ -17,9 +17,9 @@ from dracpu.core.slices import (
     SliceOptions,
     build_slice_specs,
     cpu_devices,
-    slice_objects,
 )
 from dracpu.core.topology import Topology
+from dracpu.kube.slice_diff import plan_slices
 from dracpu.sysfs import read_topology
 from tests.support.topologies import make_topology
 
@@ -94,9 +94,11 @@ def test_every_capture_and_mode_validates(
     shared_dir: Path, machine: str, options: SliceOptions, version: str
 ) -> None:
     topo = capture(shared_dir, machine)
-    objects = slice_objects(
-        build_slice_specs(topo, options), owner={"name": "node-a", "uid": "1234"}
+    # Exactly what the publisher sends when it first publishes.
+    plan = plan_slices(
+        build_slice_specs(topo, options), [], driver="dra.cpu", node="node-a", owner_uid="1234"
     )
+    objects = [write.body for write in plan.creates]
     check = validator(shared_dir, version)
     names: set[str] = set()
     for obj in objects:
@@ -226,16 +228,3 @@ def test_large_machine_is_chunked_and_names_are_stable() -> None:
     assert [len(s["devices"]) for s in specs] == [64] * 8
     first = specs[0]["devices"][0]["attributes"]["resource.kubernetes.io/pcieRoot"]
     assert first == {"strings": ["pci0000:00"]}
-
-
-def test_slice_objects_carry_owner_and_names() -> None:
-    specs = build_slice_specs(make_topology(1, 1, 2, 2), SliceOptions("w1"))
-    (obj,) = slice_objects(specs, owner={"name": "w1", "uid": "u-1"})
-    assert obj["metadata"]["name"] == "w1-dra.cpu-0"
-    assert obj["metadata"]["ownerReferences"][0] == {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "name": "w1",
-        "uid": "u-1",
-        "controller": True,
-    }
