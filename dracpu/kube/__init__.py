@@ -5,7 +5,7 @@ Everything that talks to the API server lives here; the pure planning of slice w
 RBAC they need and the retry rules.
 """
 
-from dracpu.kube.backoff import Backoff as Backoff
+from dracpu.backoff import Backoff as Backoff
 from dracpu.kube.claims import ClaimCache as ClaimCache
 from dracpu.kube.client import KubeClient as KubeClient
 from dracpu.kube.client import ObjectList as ObjectList

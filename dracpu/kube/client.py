@@ -30,8 +30,8 @@ from typing import Any, NoReturn
 import httpx
 import trio
 
+from dracpu.backoff import Backoff
 from dracpu.errors import KubeApiError
-from dracpu.kube.backoff import Backoff
 from dracpu.kube.config import KubeConfig, TokenSource
 from dracpu.kube.errors import (
     ApiStatusError,

@@ -32,8 +32,8 @@ from typing import Any, NoReturn
 import trio
 
 from dracpu import DRIVER_NAME
+from dracpu.backoff import Backoff
 from dracpu.errors import InvalidValueError, KubeApiError
-from dracpu.kube.backoff import Backoff
 from dracpu.kube.client import JSON, KubeClient
 from dracpu.kube.errors import (
     AlreadyExistsError,

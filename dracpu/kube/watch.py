@@ -25,8 +25,8 @@ from typing import Any, NoReturn
 
 import trio
 
+from dracpu.backoff import Backoff
 from dracpu.errors import KubeApiError
-from dracpu.kube.backoff import Backoff
 from dracpu.kube.client import JSON, KubeClient
 from dracpu.kube.errors import ApiStatusError, GoneError
 from dracpu.kube.resources import Resource

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
@@ -21,6 +20,7 @@ from typing import NoReturn
 import trio
 
 from dracpu import DRIVER_NAME
+from dracpu.backoff import Backoff
 from dracpu.errors import DracpuError
 from dracpu.kubelet.aio_bridge import has_loop, open_loop
 from dracpu.kubelet.dra_service import (
@@ -170,6 +170,11 @@ async def _serve_registration(
     """
     board = running.registration
     wait = config.registration_retry
+    retries = (
+        Backoff(initial=wait, maximum=max(wait, config.registration_retry_max)).counter()
+        if wait is not None
+        else None
+    )
     started = False
     while True:
         async with serve_unix_grpc(paths.registration_socket, [service]):
@@ -183,16 +188,17 @@ async def _serve_registration(
                 )
                 task_status.started(running)
                 started = True
-            if wait is None:
+            if retries is None:
                 await trio.sleep_forever()
+            wait = retries.next_delay()
             seen = board.state.notifications
-            with trio.CancelScope(deadline=_retry_deadline(wait)) as timer:
+            with trio.CancelScope(deadline=trio.current_time() + wait) as timer:
                 while True:
                     state = await board.wait_for_notification(seen)
                     seen = state.notifications
                     # Confirmed: keep this socket (the kubelet re-registers it after restarts)
                     # unless a later notification reports a failure again.
-                    timer.deadline = math.inf if state.registered else _retry_deadline(wait)
+                    timer.deadline = math.inf if state.registered else trio.current_time() + wait
             state = board.state
             _log.warning(
                 "kubelet has not confirmed registration within %.1f s (%s); re-creating %s",
@@ -200,11 +206,6 @@ async def _serve_registration(
                 f"last error: {state.error}" if state.notifications else "no answer",
                 paths.registration_socket,
             )
-        wait = min(wait * 2, config.registration_retry_max)
-
-
-def _retry_deadline(wait: float) -> float:
-    return trio.current_time() + wait * random.uniform(0.8, 1.2)
 
 
 def _sole_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException | None:

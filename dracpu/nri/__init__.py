@@ -6,7 +6,7 @@ registers, and forwards events to an :class:`NriHandler` (the policy lives behin
 layers beneath. Wire rules: docs/dev/protocols.md, section NRI.
 """
 
-from dracpu.nri.backoff import Backoff
+from dracpu.backoff import Backoff
 from dracpu.nri.connection import MuxConnection, RequestHandler
 from dracpu.nri.errors import (
     ConnectionClosedError,

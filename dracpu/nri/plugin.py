@@ -12,6 +12,7 @@ full resync.
 from __future__ import annotations
 
 import logging
+import random
 import re
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -20,14 +21,17 @@ from typing import TypeVar
 import betterproto2
 import trio
 
+from dracpu.backoff import Backoff
 from dracpu.errors import InvalidValueError, ProtocolError
-from dracpu.nri.backoff import Backoff
 from dracpu.nri.connection import MuxConnection
 from dracpu.nri.errors import ConnectionClosedError, RpcStatusError
 from dracpu.nri.events import DEFAULT_EVENTS, SUBSCRIBABLE, events_of, mask_of, runtime_valid_mask
 from dracpu.nri.handler import NriHandler, RuntimeInfo
 from dracpu.nri.ttrpc import Code
 from generated.nri.pkg.api import v1alpha1 as api
+
+REDIAL_BACKOFF = Backoff(initial=0.2, maximum=30.0, jitter=0.5)
+"""Redial schedule: ±50 % jitter spreads a fleet of plugins restarted with their runtime."""
 
 log = logging.getLogger("dracpu.nri")
 
@@ -103,7 +107,7 @@ class NriPlugin:
     ``name`` must match ``[a-zA-Z0-9_.+-]+`` and ``index`` be two digits (NRI >= v0.12 enforces
     both). ``events`` is the desired subscription; Configure clamps it to the runtime's events.
     ``dial`` opens the socket (default: the unix socket at ``socket_path``); tests pass an
-    in-memory stream factory. ``backoff`` paces redials.
+    in-memory stream factory. ``backoff`` paces redials (``rng`` seeds its jitter in tests).
     """
 
     def __init__(
@@ -116,6 +120,7 @@ class NriPlugin:
         events: Collection[api.Event] = DEFAULT_EVENTS,
         dial: Dialer | None = None,
         backoff: Backoff | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         if not _NAME.match(name):
             raise InvalidValueError(
@@ -140,7 +145,7 @@ class NriPlugin:
         self._socket_path = socket_path
         self._events = frozenset(events)
         self._dial: Dialer = dial if dial is not None else self._dial_unix
-        self._backoff = backoff if backoff is not None else Backoff()
+        self._backoff = (backoff if backoff is not None else REDIAL_BACKOFF).counter(rng)
         self._session: _Session | None = None
         self._sessions_synchronized = 0
 

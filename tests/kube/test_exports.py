@@ -9,7 +9,6 @@ import pytest
 import dracpu.kube
 
 MODULES = [
-    "backoff",
     "claims",
     "client",
     "config",
