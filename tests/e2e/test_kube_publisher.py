@@ -19,7 +19,7 @@ import httpx
 import pytest
 import trio
 
-from dracpu.kube.backoff import Backoff
+from dracpu.backoff import Backoff
 from dracpu.kube.client import KubeClient
 from dracpu.kube.config import KubeConfig
 from dracpu.kube.errors import InvalidError

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from dracpu.kube.backoff import Backoff
+from dracpu.backoff import Backoff
 from dracpu.kube.client import KubeClient, RetryPolicy, merge_patch
 from dracpu.kube.config import KubeConfig
 from dracpu.kube.errors import (

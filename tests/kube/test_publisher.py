@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 
-from dracpu.kube.backoff import Backoff
+from dracpu.backoff import Backoff
 from dracpu.kube.client import KubeClient, RetryPolicy
 from dracpu.kube.publisher import SlicePublisher
 from tests.kube.fake_apiserver import FakeApiServer, Fault, make_config, status

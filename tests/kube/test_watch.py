@@ -6,7 +6,7 @@ import random
 
 import trio
 
-from dracpu.kube.backoff import Backoff
+from dracpu.backoff import Backoff
 from dracpu.kube.client import KubeClient, RetryPolicy
 from dracpu.kube.resources import NODES
 from dracpu.kube.watch import Change, Reflector
