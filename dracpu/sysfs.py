@@ -81,11 +81,7 @@ class SysfsReader:
     # CPUs
 
     def _cpu_dirs(self) -> dict[int, Path]:
-        found: dict[int, Path] = {}
-        for entry in _scandir(self._cpu_dir):
-            m = _CPU_DIR.fullmatch(entry.name)
-            if m and entry.is_dir():
-                found[int(m.group(1))] = Path(entry.path)
+        found = _numbered_dirs(self._cpu_dir, _CPU_DIR)
         if not found:
             raise TopologyError("no cpuN directories", path=str(self._cpu_dir))
         return found
@@ -159,12 +155,7 @@ class SysfsReader:
     # NUMA nodes
 
     def _node_dirs(self) -> dict[int, Path]:
-        found: dict[int, Path] = {}
-        for entry in _scandir(self._node_dir):
-            m = _NODE_DIR.fullmatch(entry.name)
-            if m and entry.is_dir():
-                found[int(m.group(1))] = Path(entry.path)
-        return dict(sorted(found.items()))
+        return _numbered_dirs(self._node_dir, _NODE_DIR)
 
     def _numa_nodes(self) -> tuple[NumaNode, ...]:
         with_memory = self._cpulist_if_present(self._node_dir / "has_memory")
@@ -249,6 +240,16 @@ class SysfsReader:
         except CpuSetParseError as exc:
             # The TopologyError names the path; the parse message names the bad token.
             raise TopologyError(str(exc), path=str(path)) from exc
+
+
+def _numbered_dirs(parent: Path, pattern: re.Pattern[str]) -> dict[int, Path]:
+    """Subdirectories named like ``cpu12`` / ``node3``, by number, in ascending order."""
+    found: dict[int, Path] = {}
+    for entry in _scandir(parent):
+        m = pattern.fullmatch(entry.name)
+        if m and entry.is_dir():
+            found[int(m.group(1))] = Path(entry.path)
+    return dict(sorted(found.items()))
 
 
 def _scandir(path: Path) -> list[os.DirEntry[str]]:

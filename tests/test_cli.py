@@ -10,16 +10,7 @@ import pytest
 import yaml
 
 from dracpu.cli import main
-
-CAPTURES = [
-    "desktop",
-    "intel-hybrid-16cpu",
-    "server",
-    "2-socket-4-node-40-core",
-    "ghw-intel-xeon-L5640-2numa",
-    "ghw-amd-ryzen-1600",
-    "ghw-intel-i7-1270P-hybrid",
-]
+from tests.support.captures import CAPTURE_NAMES
 
 
 def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -35,7 +26,7 @@ def root(shared_dir: Path, machine: str) -> str:
     return str(shared_dir / "fixtures" / "sysfs" / machine / "sys")
 
 
-@pytest.mark.parametrize("machine", CAPTURES)
+@pytest.mark.parametrize("machine", CAPTURE_NAMES)
 def test_inspect_every_capture(
     shared_dir: Path, machine: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

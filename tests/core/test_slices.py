@@ -21,17 +21,9 @@ from dracpu.core.slices import (
 from dracpu.core.topology import Topology
 from dracpu.kube.slice_diff import plan_slices
 from dracpu.sysfs import read_topology
+from tests.support.captures import CAPTURE_NAMES
 from tests.support.topologies import make_topology
 
-CAPTURES = [
-    "desktop",
-    "intel-hybrid-16cpu",
-    "server",
-    "2-socket-4-node-40-core",
-    "ghw-intel-xeon-L5640-2numa",
-    "ghw-amd-ryzen-1600",
-    "ghw-intel-i7-1270P-hybrid",
-]
 SCHEMA_VERSIONS = ["v1.34.0", "v1.35.0", "v1.36.0"]
 MODES = [
     SliceOptions("node-a"),
@@ -89,7 +81,7 @@ def check_limits(obj: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("version", SCHEMA_VERSIONS)
 @pytest.mark.parametrize("options", MODES, ids=MODE_IDS)
-@pytest.mark.parametrize("machine", CAPTURES)
+@pytest.mark.parametrize("machine", CAPTURE_NAMES)
 def test_every_capture_and_mode_validates(
     shared_dir: Path, machine: str, options: SliceOptions, version: str
 ) -> None:
