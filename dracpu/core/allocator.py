@@ -62,12 +62,12 @@ def allocate(
     """
     if count <= 0:
         raise AllocationError(f"requested {count} CPUs: the count must be positive")
-    ctx = _Context(topology, available & topology.online)
-    if count > len(ctx.free):
+    ctx = _Index.of(topology)
+    free = available & topology.online
+    if count > len(free):
         raise AllocationError(
-            f"requested {count} CPUs but only {len(ctx.free)} are available ({ctx.free or 'none'})"
+            f"requested {count} CPUs but only {len(free)} are available ({free or 'none'})"
         )
-    free = ctx.free
     if options.full_pcpus_only:
         free = ctx.whole_cores_in(free)
         _check_full_pcpus(ctx, free, count)
@@ -78,7 +78,7 @@ def allocate(
     return _take(ctx, free, count, options.strategy, whole_cores_only=options.full_pcpus_only)
 
 
-def _check_full_pcpus(ctx: _Context, whole_free: CpuSet, count: int) -> None:
+def _check_full_pcpus(ctx: _Index, whole_free: CpuSet, count: int) -> None:
     width = ctx.topology.uniform_threads_per_core
     if width is not None and count % width:
         raise AllocationError(
@@ -100,11 +100,13 @@ def _low_cpu(mask: int) -> int:
 
 
 class _Index:
-    """The topology as int masks: domain levels, cores, and who contains whom. Built once per
-    Topology and memoised on it, since it depends on nothing else.
+    """The topology as int masks: domain levels, cores, and who contains whom, with the queries
+    the allocator asks of them. Built once per Topology and memoised on it, since it depends on
+    nothing else; free CPUs are always passed in.
     """
 
     def __init__(self, topology: Topology) -> None:
+        self.topology = topology
         sockets = [c.mask for c in topology.sockets.values()]
         numas = [c.mask for c in topology.numas.values()]
         larger_first = [sockets, numas]
@@ -148,21 +150,6 @@ class _Index:
             index = _Index(topology)
             topology.derived["allocator"] = index
         return index
-
-
-class _Context:
-    """Per-request view: the topology index plus the free CPUs and the sort keys."""
-
-    def __init__(self, topology: Topology, free: CpuSet) -> None:
-        self.topology = topology
-        self.free = free
-        index = _Index.of(topology)
-        self.levels = index.levels
-        self.cores = index.cores
-        self.all_cores = index.all_cores
-        self.core_of_cpu = index.core_of_cpu
-        self.group_of = index.group_of
-        self.cells = index.cells
 
     def pack_key(self, mask: int, free: int) -> tuple[int, ...]:
         """Sort key: fewer free CPUs in each enclosing domain first, then the lowest CPU."""
@@ -212,7 +199,7 @@ class _Context:
 
 
 def _take(
-    ctx: _Context,
+    ctx: _Index,
     free_set: CpuSet,
     count: int,
     strategy: Strategy,
@@ -250,7 +237,7 @@ def _take(
     return CpuSet(taken | _pick_packed(ctx, scope, free, count))
 
 
-def _narrow(ctx: _Context, scope: int, free: int, count: int) -> int:
+def _narrow(ctx: _Index, scope: int, free: int, count: int) -> int:
     """The most local domain inside ``scope`` that holds ``count`` CPUs at no loss of quality.
 
     Domains are tried finest first (socket ∩ NUMA ∩ L3 cells, then socket ∩ NUMA, then
@@ -275,7 +262,7 @@ def _narrow(ctx: _Context, scope: int, free: int, count: int) -> int:
     return scope
 
 
-def _pick_packed(ctx: _Context, scope: int, free: int, count: int) -> int:
+def _pick_packed(ctx: _Index, scope: int, free: int, count: int) -> int:
     """Whole cores (largest first, most-used first), then threads of the most-used cores."""
     taken = 0
     cores = [c for c in ctx.cores if c & ~scope == 0]
@@ -298,7 +285,7 @@ def _pick_packed(ctx: _Context, scope: int, free: int, count: int) -> int:
     return taken
 
 
-def _pick_spread(ctx: _Context, scope: int, free: int, count: int) -> int:
+def _pick_spread(ctx: _Index, scope: int, free: int, count: int) -> int:
     """One thread from each core in turn (idlest cores first), then the next thread of each."""
     by_core = [CpuSet(core & scope).to_list() for core in ctx.cores if core & scope]
     by_core.sort(key=lambda t: (-len(t), ctx.pack_key(1 << t[0], free)))
@@ -314,7 +301,7 @@ MAX_NUMA_COMBINATIONS = 512
 
 
 def _distribute_across_numa(
-    ctx: _Context, free: CpuSet, count: int, options: AllocationOptions
+    ctx: _Index, free: CpuSet, count: int, options: AllocationOptions
 ) -> CpuSet:
     """Split evenly, in groups of threads-per-core, over the fewest NUMA nodes that fit.
 
@@ -380,7 +367,7 @@ def _even_plan(
     return [(part, share) for (_, part), share in zip(combo, shares, strict=True)]
 
 
-def _fits(ctx: _Context, part: CpuSet, share: int, options: AllocationOptions) -> bool:
+def _fits(ctx: _Index, part: CpuSet, share: int, options: AllocationOptions) -> bool:
     if share > len(part):
         return False
     if options.full_pcpus_only:
