@@ -166,96 +166,67 @@ def _log_failures(operation: str, results: Mapping[str, object]) -> None:
             _log.warning("%s: claim %s failed: %s", operation, uid, result.error)
 
 
-class DraPluginV1(v1.DraPluginBase):  # type: ignore[misc]  # generated code is untyped
+class _DraService:
+    """The DRAPlugin service for one generated API version (``_api``): every version delegates
+    to the same :class:`ClaimDispatcher`; only the message module and ``share_id`` differ."""
+
+    _api: Any
+    _has_share_id: bool
+
+    def __init__(self, dispatcher: ClaimDispatcher) -> None:
+        self._dispatcher = dispatcher
+
+    async def node_prepare_resources(self, message: Any) -> Any:
+        """Prepare the request's claims. Cancellation: cancels the handler call."""
+        api = self._api
+        results = await self._dispatcher.prepare(_claim_refs(message))
+        _log_failures("NodePrepareResources", results)
+        claims = {}
+        for uid, result in results.items():
+            if isinstance(result, ClaimFailed):
+                claims[uid] = api.NodePrepareResourceResponse(error=result.error)
+            else:
+                claims[uid] = api.NodePrepareResourceResponse(devices=self._devices(result))
+        return api.NodePrepareResourcesResponse(claims=claims)
+
+    async def node_unprepare_resources(self, message: Any) -> Any:
+        """Unprepare the request's claims. Cancellation: cancels the handler call."""
+        api = self._api
+        results = await self._dispatcher.unprepare(_claim_refs(message))
+        _log_failures("NodeUnprepareResources", results)
+        return api.NodeUnprepareResourcesResponse(
+            claims={
+                uid: api.NodeUnprepareResourceResponse(
+                    error=result.error if isinstance(result, ClaimFailed) else ""
+                )
+                for uid, result in results.items()
+            }
+        )
+
+    def _devices(self, result: ClaimPrepared) -> list[Any]:
+        devices = []
+        for d in result.devices:
+            fields: dict[str, Any] = {
+                "request_names": list(d.request_names),
+                "pool_name": d.pool_name,
+                "device_name": d.device_name,
+                "cdi_device_ids": list(d.cdi_device_ids),
+            }
+            if self._has_share_id:
+                fields["share_id"] = d.share_id
+            devices.append(self._api.Device(**fields))
+        return devices
+
+
+class DraPluginV1(_DraService, v1.DraPluginBase):  # type: ignore[misc]  # generated code is untyped
     """``k8s.io.kubelet.pkg.apis.dra.v1.DRAPlugin``, delegating to a :class:`ClaimDispatcher`."""
 
-    def __init__(self, dispatcher: ClaimDispatcher) -> None:
-        self._dispatcher = dispatcher
-
-    async def node_prepare_resources(
-        self, message: v1.NodePrepareResourcesRequest
-    ) -> v1.NodePrepareResourcesResponse:
-        """Prepare the request's claims. Cancellation: cancels the handler call."""
-        results = await self._dispatcher.prepare(_claim_refs(message))
-        _log_failures("NodePrepareResources", results)
-        claims = {}
-        for uid, result in results.items():
-            if isinstance(result, ClaimFailed):
-                claims[uid] = v1.NodePrepareResourceResponse(error=result.error)
-            else:
-                claims[uid] = v1.NodePrepareResourceResponse(devices=_v1_devices(result))
-        return v1.NodePrepareResourcesResponse(claims=claims)
-
-    async def node_unprepare_resources(
-        self, message: v1.NodeUnprepareResourcesRequest
-    ) -> v1.NodeUnprepareResourcesResponse:
-        """Unprepare the request's claims. Cancellation: cancels the handler call."""
-        results = await self._dispatcher.unprepare(_claim_refs(message))
-        _log_failures("NodeUnprepareResources", results)
-        return v1.NodeUnprepareResourcesResponse(
-            claims={
-                uid: v1.NodeUnprepareResourceResponse(
-                    error=result.error if isinstance(result, ClaimFailed) else ""
-                )
-                for uid, result in results.items()
-            }
-        )
+    _api = v1
+    _has_share_id = True
 
 
-def _v1_devices(result: ClaimPrepared) -> list[Any]:
-    return [
-        v1.Device(
-            request_names=list(d.request_names),
-            pool_name=d.pool_name,
-            device_name=d.device_name,
-            cdi_device_ids=list(d.cdi_device_ids),
-            share_id=d.share_id,
-        )
-        for d in result.devices
-    ]
-
-
-class DraPluginV1beta1(v1beta1.DraPluginBase):  # type: ignore[misc]  # generated code is untyped
+class DraPluginV1beta1(_DraService, v1beta1.DraPluginBase):  # type: ignore[misc]  # generated code is untyped
     """``k8s.io.kubelet.pkg.apis.dra.v1beta1.DRAPlugin`` (no ``share_id``), same dispatcher."""
 
-    def __init__(self, dispatcher: ClaimDispatcher) -> None:
-        self._dispatcher = dispatcher
-
-    async def node_prepare_resources(
-        self, message: v1beta1.NodePrepareResourcesRequest
-    ) -> v1beta1.NodePrepareResourcesResponse:
-        """Prepare the request's claims. Cancellation: cancels the handler call."""
-        results = await self._dispatcher.prepare(_claim_refs(message))
-        _log_failures("NodePrepareResources", results)
-        claims = {}
-        for uid, result in results.items():
-            if isinstance(result, ClaimFailed):
-                claims[uid] = v1beta1.NodePrepareResourceResponse(error=result.error)
-            else:
-                claims[uid] = v1beta1.NodePrepareResourceResponse(
-                    devices=[
-                        v1beta1.Device(
-                            request_names=list(d.request_names),
-                            pool_name=d.pool_name,
-                            device_name=d.device_name,
-                            cdi_device_ids=list(d.cdi_device_ids),
-                        )
-                        for d in result.devices
-                    ]
-                )
-        return v1beta1.NodePrepareResourcesResponse(claims=claims)
-
-    async def node_unprepare_resources(
-        self, message: v1beta1.NodeUnprepareResourcesRequest
-    ) -> v1beta1.NodeUnprepareResourcesResponse:
-        """Unprepare the request's claims. Cancellation: cancels the handler call."""
-        results = await self._dispatcher.unprepare(_claim_refs(message))
-        _log_failures("NodeUnprepareResources", results)
-        return v1beta1.NodeUnprepareResourcesResponse(
-            claims={
-                uid: v1beta1.NodeUnprepareResourceResponse(
-                    error=result.error if isinstance(result, ClaimFailed) else ""
-                )
-                for uid, result in results.items()
-            }
-        )
+    _api = v1beta1
+    _has_share_id = False
