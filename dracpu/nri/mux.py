@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import struct
 
-from dracpu.nri.errors import FrameError
+from dracpu.nri.framing import FrameSplitter
 
 PLUGIN_SERVICE_CONN = 1
 RUNTIME_SERVICE_CONN = 2
@@ -42,29 +42,19 @@ class Decoder:
     """
 
     def __init__(self, origin: str = "nri mux") -> None:
-        self._buf = bytearray()
-        self._origin = origin
+        self._frames = FrameSplitter(
+            HEADER,
+            1,
+            MAX_PAYLOAD,
+            lambda f: f"mux frame for conn {f[0]} announces {f[1]} bytes (max {MAX_PAYLOAD})",
+            origin,
+        )
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as part of a frame."""
-        return len(self._buf)
+        return self._frames.buffered
 
     def feed(self, data: bytes | bytearray) -> list[tuple[int, bytes]]:
         """Append ``data`` and return every frame it completes, in order."""
-        self._buf += data
-        out: list[tuple[int, bytes]] = []
-        while len(self._buf) >= HEADER_SIZE:
-            conn_id, length = HEADER.unpack_from(self._buf)
-            if length > MAX_PAYLOAD:
-                raise FrameError(
-                    f"mux frame for conn {conn_id} announces {length} bytes (max {MAX_PAYLOAD})",
-                    value=length,
-                    origin=self._origin,
-                )
-            end = HEADER_SIZE + length
-            if len(self._buf) < end:
-                break
-            out.append((conn_id, bytes(self._buf[HEADER_SIZE:end])))
-            del self._buf[:end]
-        return out
+        return [(fields[0], payload) for fields, payload in self._frames.feed(data)]

@@ -12,7 +12,8 @@ import enum
 import struct
 from dataclasses import dataclass
 
-from dracpu.nri.errors import FrameError, OversizedMessageError
+from dracpu.nri.errors import OversizedMessageError
+from dracpu.nri.framing import FrameSplitter
 
 HEADER = struct.Struct(">IIBB")
 HEADER_SIZE = HEADER.size  # 10
@@ -71,29 +72,22 @@ class Decoder:
     """
 
     def __init__(self, origin: str = "ttrpc") -> None:
-        self._buf = bytearray()
-        self._origin = origin
+        self._frames = FrameSplitter(
+            HEADER,
+            0,
+            MAX_MESSAGE_LENGTH,
+            lambda f: f"ttrpc message length {f[0]} exceeds {MAX_MESSAGE_LENGTH}",
+            origin,
+        )
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as part of a message."""
-        return len(self._buf)
+        return self._frames.buffered
 
     def feed(self, data: bytes | bytearray) -> list[Message]:
         """Append ``data`` and return every message it completes, in order."""
-        self._buf += data
-        out: list[Message] = []
-        while len(self._buf) >= HEADER_SIZE:
-            length, stream_id, msg_type, flags = HEADER.unpack_from(self._buf)
-            if length > MAX_MESSAGE_LENGTH:
-                raise FrameError(
-                    f"ttrpc message length {length} exceeds {MAX_MESSAGE_LENGTH}",
-                    value=length,
-                    origin=self._origin,
-                )
-            end = HEADER_SIZE + length
-            if len(self._buf) < end:
-                break
-            out.append(Message(stream_id, msg_type, flags, bytes(self._buf[HEADER_SIZE:end])))
-            del self._buf[:end]
-        return out
+        return [
+            Message(fields[1], fields[2], fields[3], payload)
+            for fields, payload in self._frames.feed(data)
+        ]
