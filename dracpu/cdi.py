@@ -28,34 +28,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dracpu.core.cdi import (
+    CDI_CLASS,
+    CDI_VENDOR,
+    CpusetEnvError,
+    cdi_device_id,
+    cdi_spec,
+    cdi_spec_file_name,
+    parse_env,
+)
 from dracpu.core.cpuset import CpuSet
-from dracpu.errors import CpuSetParseError, DracpuError
+from dracpu.errors import DracpuError
 
-__all__ = [
-    "CDI_CLASS",
-    "CDI_KIND",
-    "CDI_VENDOR",
-    "CDI_VERSION",
-    "ENV_PREFIX",
-    "CdiDir",
-    "CdiError",
-    "Reconciled",
-    "device_id",
-    "device_name",
-    "env_var",
-    "spec_document",
-    "spec_file_name",
-]
-
-CDI_VERSION = "0.8.0"
-CDI_VENDOR = "dra.k8s.io"
-CDI_CLASS = "cpu"
-CDI_KIND = f"{CDI_VENDOR}/{CDI_CLASS}"
-ENV_PREFIX = "DRA_CPUSET"
+__all__ = ["CdiDir", "CdiError", "Reconciled", "device_id", "spec_document", "spec_file_name"]
 
 _FILE_PREFIX = f"{CDI_VENDOR}-{CDI_CLASS}_claim-"
 _FILE_RE = re.compile(re.escape(_FILE_PREFIX) + r"(?P<uid>[A-Za-z0-9][A-Za-z0-9._:-]*)\.json")
-# A claim UID becomes part of a CDI device name: letters, digits and '-' (RFC 4122 UUIDs).
+# A claim UID becomes part of a CDI device and file name: letters, digits and '-' (UUIDs).
 _UID_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,126}[A-Za-z0-9])?")
 
 
@@ -69,35 +58,19 @@ def _check_uid(uid: str) -> str:
     return uid
 
 
-def device_name(uid: str) -> str:
-    """The CDI device name of a claim: ``claim-<uid>``."""
-    return f"claim-{_check_uid(uid)}"
-
-
 def device_id(uid: str) -> str:
-    """The fully qualified CDI device ID returned to the kubelet."""
-    return f"{CDI_KIND}={device_name(uid)}"
-
-
-def env_var(uid: str, cpus: CpuSet) -> str:
-    """The environment entry the container gets: ``DRA_CPUSET_<uid>=<cpu list>``."""
-    return f"{ENV_PREFIX}_{_check_uid(uid)}={cpus}"
+    """The fully qualified CDI device ID returned to the kubelet (UID checked)."""
+    return cdi_device_id(_check_uid(uid))
 
 
 def spec_file_name(uid: str) -> str:
-    """The spec's file name (the CDI library's transient name for vendor, class and device)."""
-    return f"{CDI_VENDOR}-{CDI_CLASS}_{device_name(uid)}.json"
+    """The spec's file name (CDI's transient name for vendor, class and device; UID checked)."""
+    return cdi_spec_file_name(_check_uid(uid))
 
 
 def spec_document(uid: str, cpus: CpuSet) -> dict[str, Any]:
-    """The CDI spec of one claim, as JSON-ready data."""
-    return {
-        "cdiVersion": CDI_VERSION,
-        "kind": CDI_KIND,
-        "devices": [
-            {"name": device_name(uid), "containerEdits": {"env": [env_var(uid, cpus)]}},
-        ],
-    }
+    """The CDI spec of one claim, as JSON-ready data (UID checked)."""
+    return cdi_spec(_check_uid(uid), cpus)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,19 +146,12 @@ class CdiDir:
         return found
 
     def _cpus_of(self, uid: str) -> CpuSet | None:
+        path = self.path(uid)
         try:
-            doc = json.loads(self.path(uid).read_bytes())
-            env = doc["devices"][0]["containerEdits"]["env"]
-        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            env = json.loads(path.read_bytes())["devices"][0]["containerEdits"]["env"]
+            return parse_env([e for e in env if isinstance(e, str)], origin=str(path)).get(uid)
+        except (OSError, ValueError, KeyError, IndexError, TypeError, CpusetEnvError):
             return None
-        prefix = f"{ENV_PREFIX}_{uid}="
-        for entry in env if isinstance(env, list) else ():
-            if isinstance(entry, str) and entry.startswith(prefix):
-                try:
-                    return CpuSet.parse(entry[len(prefix) :], origin=str(self.path(uid)))
-                except CpuSetParseError:
-                    return None
-        return None
 
     def reconcile(self, prepared: Mapping[str, CpuSet]) -> Reconciled:
         """Make the directory hold exactly the specs of ``prepared`` (claim UID -> CPUs):
