@@ -378,7 +378,9 @@ def parse_claim(obj: Mapping[str, Any], *, pool: str, driver: str = DRIVER) -> C
     devices = allocation.get("devices") or {}
     if not isinstance(devices, Mapping):
         raise ClaimError(f"status.allocation.devices is not an object: {devices!r}", claim=label)
-    raw_results = devices.get("results") or []
+    raw_results = devices.get("results")
+    if raw_results is None:
+        raw_results = []
     if not isinstance(raw_results, list):
         raise ClaimError("status.allocation.devices.results is not a list", claim=label)
     ours: list[Mapping[str, Any]] = []

@@ -671,9 +671,21 @@ def _unprepare(state: NodeState, event: Unprepare) -> tuple[NodeState, tuple[Eff
         if claim is not None:
             held = held - claim.cpus
     changed = len(claims) != len(state.claims)
-    after = (
-        dataclasses.replace(state, claims=claims, owners=owners, held=held) if changed else state
-    )
+    after = state
+    if changed:
+        # Containers still pinned to a released claim (the kubelet unprepares after the pod's
+        # containers stopped, so normally none) fall back to the shared pool.
+        containers = {
+            cid: (
+                known
+                if all(uid in claims for uid in known.claims)
+                else dataclasses.replace(known, claims=(), cpus=CpuSet())
+            )
+            for cid, known in state.containers.items()
+        }
+        after = dataclasses.replace(
+            state, claims=claims, owners=owners, held=held, containers=containers
+        )
     effects: list[Effect] = []
     if changed:
         effects.append(WriteCheckpoint(after))
