@@ -5,7 +5,7 @@ The daemon runs as a child process (``python -m dracpu run``) on a synthetic 80-
 checkpoint and CDI specs in temp dirs. This process serves the fake API server
 (tests/kube/fake_http.py) and plays the kubelet with grpcio.
 
-    python bench/bench_daemon.py [--claims 300] [--rounds 3]
+    python bench/bench_daemon.py [--claims 300] [--rounds 3] [--tmpfs]
 
 Prints:
 - start -> DRA socket, -> registered (this process answers GetInfo and reports success as the
@@ -255,8 +255,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--claims", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--tmpfs",
+        action="store_true",
+        help="put the state and CDI dirs on /dev/shm: fsync is free, showing dracpu's own cost",
+    )
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="bd-", dir="/tmp"))
+    root = Path(tempfile.mkdtemp(prefix="bd-", dir="/dev/shm" if args.tmpfs else "/tmp"))
+    print(f"state and CDI dirs under {root} ({'tmpfs' if args.tmpfs else 'disk'})")
     try:
         trio.run(bench, args, root)
     finally:

@@ -382,7 +382,8 @@ def build_daemon(
     client = KubeClient(
         load_config(kubeconfig=config.kubeconfig or None, env=env), transport=transport
     )
-    status_writer = ClaimStatusWriter(client)
+    cache = ClaimCache(client, node_name=name)
+    status_writer = ClaimStatusWriter(client, lookup=cache.cached)
     owner = Owner(
         state,
         checkpoint=store,
@@ -397,7 +398,7 @@ def build_daemon(
         owner=owner,
         client=client,
         publisher=SlicePublisher(client, node_name=name),
-        cache=ClaimCache(client, node_name=name),
+        cache=cache,
         status_writer=status_writer,
         started_at=started,
         start_kind=kind,
