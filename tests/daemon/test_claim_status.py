@@ -24,7 +24,8 @@ async def test_writes_through_a_stale_cache_and_keeps_other_drivers() -> None:
     fake = FakeApiServer()
     obj = claim("u1", [grouped("req", "cpudevnuma000", 2)])
     obj["status"]["devices"] = [{"driver": "gpu.example.com", "pool": "p", "device": "g0"}]
-    stale = fake.put_object("resourceclaims", obj)
+    fake.put_object("resourceclaims", obj)
+    stale = copy.deepcopy(fake.objects["resourceclaims"]["ns/claim-u1"])
     fresh = copy.deepcopy(stale)
     fresh["metadata"]["labels"] = {"touched": "yes"}
     fake.put_object("resourceclaims", fresh)  # The cache's copy is now one version behind.
