@@ -32,6 +32,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from dracpu import DRIVER_NAME as DRIVER
 from dracpu.core.allocator import AllocationOptions, allocate
 from dracpu.core.cdi import ENV_PREFIX, CpusetEnvError, cdi_device_id, env_entry, parse_env
 from dracpu.core.claims import Claim, ClaimRef, DeviceResult
@@ -49,7 +50,7 @@ from dracpu.core.pinning import (
     shared_pool,
     shared_updates,
 )
-from dracpu.core.slices import DRIVER, DeviceMode, GroupBy, SliceOptions, cpu_devices
+from dracpu.core.slices import DeviceMode, GroupBy, SliceOptions, cpu_devices
 from dracpu.core.topology import Topology
 from dracpu.errors import AllocationError, CpuSetParseError, InvalidValueError
 
