@@ -518,10 +518,20 @@ def _prepare(state: NodeState, event: Prepare) -> tuple[NodeState, tuple[Effect,
                     f"{', '.join(r.device for r in fetched.results) or 'none'}"
                 )
                 continue
-            if existing.adopted and existing.ref != ref:
-                existing = dataclasses.replace(existing, ref=ref)
-                claims[ref.uid] = existing
-                new.append(existing)
+            if existing.adopted:
+                # The kubelet names a claim adopted from a running container: keep its CPUs,
+                # learn its name and, for a single result, which device holds them.
+                named = dataclasses.replace(existing, ref=ref)
+                if len(fetched.results) == 1:
+                    (only,) = fetched.results
+                    device = DeviceCpus(
+                        only.request, only.pool, only.device, existing.cpus, only.share_id
+                    )
+                    named = dataclasses.replace(named, devices=(device,), adopted=False)
+                if named != existing:
+                    existing = named
+                    claims[ref.uid] = existing
+                    new.append(existing)
             ready.append(existing)
             results[ref.uid] = ClaimPrepared(existing, _cdi_ids(ref.uid) if existing.cpus else ())
             continue
