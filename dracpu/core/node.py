@@ -466,11 +466,13 @@ def claim_status_devices(claim: PreparedClaim, driver: str = DRIVER) -> tuple[di
     (``data.claimCpuset``); keyed by driver, pool, device and shareID as the API requires.
     """
     entries = []
+    whole = str(claim.cpus)
     for device in claim.devices:
         entry: dict[str, Any] = {"driver": driver, "pool": device.pool, "device": device.device}
         if device.share_id:
             entry["shareID"] = device.share_id
-        entry["data"] = {"cpuset": str(device.cpus), "claimCpuset": str(claim.cpus)}
+        mine = whole if device.cpus == claim.cpus else str(device.cpus)
+        entry["data"] = {"cpuset": mine, "claimCpuset": whole}
         entries.append(entry)
     return tuple(entries)
 
