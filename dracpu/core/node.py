@@ -63,6 +63,7 @@ __all__ = [
     "ContainerInfo",
     "ContainerKind",
     "ContainerRemoved",
+    "ContainerUpdating",
     "DeviceCpus",
     "Effect",
     "Event",
@@ -78,6 +79,7 @@ __all__ = [
     "ReplyPrepare",
     "ReplySynchronize",
     "ReplyUnprepare",
+    "ReplyUpdate",
     "ReportOfflineClaims",
     "RepublishSlices",
     "RuntimeSynchronized",
@@ -273,6 +275,15 @@ class ContainerRemoved:
 
 
 @dataclass(frozen=True, slots=True)
+class ContainerUpdating:
+    """The kubelet asks the runtime to change a container's resources (NRI UpdateContainer);
+    our reply re-asserts the cpuset the policy assigned, overriding the CRI's.
+    """
+
+    container: ContainerInfo
+
+
+@dataclass(frozen=True, slots=True)
 class RuntimeSynchronized:
     """The runtime's full list of containers after (re)connecting (NRI Synchronize)."""
 
@@ -418,6 +429,13 @@ class RejectContainer:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplyUpdate:
+    """The answer to ContainerUpdating: the container's own cpuset (empty: leave it alone)."""
+
+    updates: tuple[ContainerUpdate, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ReplySynchronize:
     """The answer to RuntimeSynchronized: updates re-asserting every pin and the pool."""
 
@@ -436,6 +454,7 @@ Effect = (
     | ReplyUnprepare
     | AdjustContainer
     | RejectContainer
+    | ReplyUpdate
     | ReplySynchronize
 )
 
@@ -454,6 +473,8 @@ def step(state: NodeState, event: Event) -> tuple[NodeState, tuple[Effect, ...]]
         return _unprepare(state, event)
     if isinstance(event, ContainerCreated):
         return _container_created(state, event.container)
+    if isinstance(event, ContainerUpdating):
+        return _container_updating(state, event.container)
     if isinstance(event, ContainerRemoved):
         return _container_removed(state, event.container_id)
     if isinstance(event, RuntimeSynchronized):
@@ -740,6 +761,21 @@ def _container_created(
     updates = shared_updates(after, exclude=container.id)
     after = _record_updates(after, updates)
     return after, (AdjustContainer(container.id, decision.cpus, updates),)
+
+
+def _container_updating(
+    state: NodeState, container: ContainerInfo
+) -> tuple[NodeState, tuple[Effect, ...]]:
+    known = state.containers.get(container.id)
+    if known is not None:
+        return state, (ReplyUpdate((ContainerUpdate(container.id, known.cpus),)),)
+    # Not seen before (created while we were away): place it as a creation would, quietly.
+    after, effects = _container_created(state, container)
+    reply = effects[0]
+    if isinstance(reply, AdjustContainer):
+        own = ContainerUpdate(container.id, reply.cpus)
+        return after, (ReplyUpdate((own, *reply.updates)),)
+    return state, (ReplyUpdate(()),)
 
 
 def _container_removed(state: NodeState, container_id: str) -> tuple[NodeState, tuple[Effect, ...]]:

@@ -12,11 +12,13 @@ from dracpu.core.node import (
     ClaimPrepared,
     ContainerCreated,
     ContainerRemoved,
+    ContainerUpdating,
     DeviceCpus,
     NodeConfig,
     NodeState,
     RejectContainer,
     ReplySynchronize,
+    ReplyUpdate,
     RuntimeSynchronized,
     TopologyChanged,
     Unprepare,
@@ -240,3 +242,19 @@ def test_topology_change_moves_shared_containers_off_offline_cpus() -> None:
     state, effects = step(state, TopologyChanged(smaller))
     assert UpdateContainers((ContainerUpdate("s1", CpuSet.parse("0-6")),)) in effects
     assert state.containers["s1"].cpus == CpuSet.parse("0-6")
+
+
+def test_cri_updates_are_overridden_with_the_assignment() -> None:
+    state = with_claim(machine(), "c1", "2-3")
+    state, _ = create(state, ctr("x1", ("c1", "2-3")))
+    after, effects = step(state, ContainerUpdating(ctr("x1", ("c1", "2-3"))))
+    assert effects == (ReplyUpdate((ContainerUpdate("x1", CpuSet.parse("2-3")),)),)
+    assert after == state
+    # A container never seen (created while dracpu was away) is placed like a creation.
+    after, effects = step(state, ContainerUpdating(ctr("s9", pod=POD_B)))
+    assert effects == (ReplyUpdate((ContainerUpdate("s9", CpuSet.parse("0-1,4-7")),)),)
+    assert after.containers["s9"].cpus == CpuSet.parse("0-1,4-7")
+    # A forged one is left alone.
+    after, effects = step(state, ContainerUpdating(ctr("f9", ("nope", "2"))))
+    assert effects == (ReplyUpdate(()),)
+    assert after == state
