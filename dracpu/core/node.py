@@ -559,7 +559,7 @@ def _prepare(state: NodeState, event: Prepare) -> tuple[NodeState, tuple[Effect,
             results[ref.uid] = ClaimPrepared(existing, _cdi_ids(ref.uid) if existing.cpus else ())
             continue
         try:
-            prepared = _assign(state, held, fetched)
+            prepared = _assign(state, claims, held, fetched)
         except (AllocationError, InvalidValueError) as exc:
             results[ref.uid] = ClaimFailed(str(exc))
             continue
@@ -589,7 +589,9 @@ def _prepare(state: NodeState, event: Prepare) -> tuple[NodeState, tuple[Effect,
     return after, tuple(effects)
 
 
-def _assign(state: NodeState, held: CpuSet, claim: Claim) -> PreparedClaim:
+def _assign(
+    state: NodeState, claims: Mapping[str, PreparedClaim], held: CpuSet, claim: Claim
+) -> PreparedClaim:
     """The CPUs of a claim not yet prepared; raises AllocationError / InvalidValueError."""
     label = f"ResourceClaim {claim.ref}"
     taken = CpuSet()
@@ -614,11 +616,11 @@ def _assign(state: NodeState, held: CpuSet, claim: Claim) -> PreparedClaim:
             if not cpus.isdisjoint(unavailable):
                 raise InvalidValueError(
                     f"{where}: stale allocation: CPU {cpus} is already held by "
-                    + _holder_text(state, cpus, taken),
+                    + _holder_text(claims, cpus, taken),
                     value=result.device,
                 )
         else:
-            cpus = _grouped(state, result, device_cpus, unavailable, taken, where)
+            cpus = _grouped(state, claims, result, device_cpus, unavailable, taken, where)
         taken = taken | cpus
         devices.append(
             DeviceCpus(result.request, result.pool, result.device, cpus, result.share_id)
@@ -626,17 +628,18 @@ def _assign(state: NodeState, held: CpuSet, claim: Claim) -> PreparedClaim:
     return PreparedClaim(ref=claim.ref, cpus=taken, devices=tuple(devices))
 
 
-def _holder_text(state: NodeState, cpus: CpuSet, taken: CpuSet) -> str:
-    holder = state.holder_of(cpus)
-    if holder is not None:
-        return f"claim {holder.ref}"
+def _holder_text(claims: Mapping[str, PreparedClaim], cpus: CpuSet, taken: CpuSet) -> str:
     if not cpus.isdisjoint(taken):
         return "an earlier device of the same claim"
+    for holder in claims.values():
+        if not holder.cpus.isdisjoint(cpus):
+            return f"claim {holder.ref}"
     return "another claim"
 
 
 def _grouped(
     state: NodeState,
+    claims: Mapping[str, PreparedClaim],
     result: DeviceResult,
     device_cpus: CpuSet,
     unavailable: CpuSet,
@@ -679,7 +682,7 @@ def _grouped(
         if clash:
             raise InvalidValueError(
                 f"{where}: opaque cpuset {wanted} has CPUs {clash} already held by "
-                + _holder_text(state, clash, taken),
+                + _holder_text(claims, clash, taken),
                 value=str(wanted),
             )
         return wanted
