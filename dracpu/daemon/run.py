@@ -93,8 +93,7 @@ def load_state(
             return node.restore(loaded.body, topology, config), "checkpoint"
         except InvalidValueError as exc:
             reason = f"checkpoint {store.path}: {exc}"
-            aside = store.path.with_name(f"{store.path.name}.invalid-{int(time.time())}")
-            os.replace(store.path, aside)
+            aside = store.keep_aside()
             loaded = dataclasses.replace(loaded, status="corrupt", reason=reason, kept_aside=aside)
     if loaded.status == "absent" and not cdi.read_all():
         return node.NodeState.initial(topology, config), "fresh"
@@ -158,6 +157,8 @@ class Daemon:
     last_failure: str | None = None
     released_at_start: tuple[str, ...] = ()
     recovery_done: bool = False
+    start_claims: tuple[str, ...] = ()
+    """Claim UIDs held at start (from the checkpoint or CDI): what restart recovery checks."""
     timeline: dict[str, float] = field(default_factory=dict)
     plugin_config: KubeletPluginConfig | None = None
 
@@ -228,7 +229,7 @@ class Daemon:
         Cancellation: a release in flight completes in the owner (see Owner.apply).
         """
         if not self.recovery_done:
-            start_uids = set(self.owner.state.claims)
+            start_uids = set(self.start_claims)
             wait = self.config.release_grace_period - (time.monotonic() - self.started_at)
             await trio.sleep(max(wait, 0.0))
             await self.cache.reflector.synced.wait()
@@ -402,6 +403,7 @@ def build_daemon(
         status_writer=status_writer,
         started_at=started,
         start_kind=kind,
+        start_claims=tuple(sorted(state.claims)),
         # Calls run concurrently: the owner orders the transitions and commits those that
         # queue up together with one checkpoint write.
         plugin_config=KubeletPluginConfig(
