@@ -132,7 +132,7 @@ async def node(nursery: trio.Nursery) -> AsyncIterator[Node]:
 
 
 async def stop(proc: trio.Process, sig: int = signal.SIGKILL) -> int:
-    if proc.poll() is None:
+    if sig and proc.poll() is None:
         proc.send_signal(sig)
     with trio.fail_after(40):
         return await proc.wait()
@@ -221,3 +221,18 @@ async def test_newer_checkpoint_refuses_to_start(node: Node) -> None:
     assert "refusing to start" in log
     assert "format version 99" in log
     assert not node.dra_socket.exists()
+
+
+async def test_second_signal_exits_at_once(node: Node) -> None:
+    proc = await node.start()
+    assert (await node.prepare("u1")).claims["u1"].error == ""
+    # Two different signals back to back (trio coalesces repeats of one signal): the second
+    # arrives while the graceful stop is under way.
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGINT)
+    assert await stop(proc, 0) == 1
+    log = (node.root / "log").read_text()
+    assert "stopping (sockets removed, slices and state kept)" in log
+    assert "second signal" in log
+    assert "exiting now" in log
+    assert set(node.checkpoint()) == {"u1"}  # The state was on disk all along.
