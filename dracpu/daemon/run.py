@@ -49,6 +49,7 @@ from dracpu.core.topology import Topology
 from dracpu.daemon.claim_status import ClaimStatusWriter
 from dracpu.daemon.config import RunConfig, node_name
 from dracpu.daemon.handler import DaemonClaimHandler
+from dracpu.daemon.health import NodeHealth, device_health, node_health
 from dracpu.daemon.owner import Owner
 from dracpu.daemon.status import serve_status, status_document
 from dracpu.errors import DracpuError, InvalidValueError
@@ -59,8 +60,6 @@ from dracpu.kube.errors import NotFoundError
 from dracpu.kube.publisher import SlicePublisher
 from dracpu.kube.resources import RESOURCE_CLAIMS
 from dracpu.kubelet import (
-    DeviceHealth,
-    Health,
     HealthBoard,
     KubeletPluginConfig,
     RegistrationStatusBoard,
@@ -119,20 +118,6 @@ def load_state(
     return state, "rebuilt"
 
 
-def device_health(state: node.NodeState) -> list[DeviceHealth]:
-    """The health of every published device: healthy while all its CPUs are online."""
-    online = state.topology.online
-    return [
-        DeviceHealth(
-            pool_name=state.config.pool,
-            device_name=name,
-            health=Health.HEALTHY if cpus <= online else Health.UNHEALTHY,
-            message="" if cpus <= online else f"CPUs {cpus - online} are offline",
-        )
-        for name, cpus in sorted(state.devices.items())
-    ]
-
-
 class _TaskFailed(DracpuError):
     """A member of the supervised group stopped; names the member."""
 
@@ -171,6 +156,10 @@ class Daemon:
         """Owner hook for ``RepublishSlices``: new desired slices and device health."""
         self.publisher.set_desired(self.slice_specs(state))
         self.health.publish(device_health(state))
+
+    def node_health(self) -> NodeHealth:
+        """The node's one health model (status, health stream, later /healthz)."""
+        return node_health(self.owner.state, self.publisher.health(), self.registration.state)
 
     def handler(self) -> DaemonClaimHandler:
         """The kubelet claim handler bound to this daemon's owner and claim cache."""

@@ -67,3 +67,31 @@ def test_inconsistent_checkpoint_is_kept_aside_and_rebuilt(
     assert "kept it as" in errors[0].getMessage()
     # The rebuilt state was written back at once.
     assert store.load().status == "loaded"
+
+
+def test_node_health_names_what_is_missing() -> None:
+    from dracpu.daemon.health import node_health
+    from dracpu.kube.publisher import PublisherHealth
+    from dracpu.kubelet import Health, RegistrationState
+
+    offline = make_topology(2, 1, 4, 2, offline=[5])
+    state = node.NodeState.initial(TOPOLOGY, CONFIG)
+    synced = PublisherHealth("in-sync", True, None, (), (), 1, 1, 1, 0, 0, 0.0)
+    ok = node_health(state, synced, RegistrationState(registered=True, notifications=1))
+    assert ok.ready
+    assert ok.reasons == ()
+    assert {d.health for d in ok.devices} == {Health.HEALTHY}
+    failing = PublisherHealth("error", False, "503", (), (), 1, 0, 0, 0, 0, None)
+    bad = node_health(state, failing, RegistrationState(error="bad", notifications=1))
+    assert not bad.ready
+    assert bad.reasons == (
+        "kubelet rejected the registration: bad",
+        "ResourceSlices error: 503",
+    )
+    # A device is unhealthy while the state's topology lacks some of its CPUs.
+    shrunk = node.NodeState(
+        topology=offline, config=CONFIG, devices=state.devices, claims={}, held=CpuSet()
+    )
+    report = node_health(shrunk, synced, RegistrationState(registered=True, notifications=1))
+    assert report.reasons == ("unhealthy devices: cpudevnuma001",)
+    assert "CPUs 5 are offline" in next(d.message for d in report.devices if d.message)
