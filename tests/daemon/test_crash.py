@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ class Node:
     root: Path
     fake: FakeApiServer
     api: GrpcioApi
+    procs: list[trio.Process] = field(default_factory=list)
 
     @property
     def dra_socket(self) -> Path:
@@ -79,6 +80,7 @@ class Node:
         for path in (self.dra_socket, self.registration_socket):
             path.unlink(missing_ok=True)
         proc = await spawn(self.argv(), env, self.root / "log")
+        self.procs.append(proc)
         await wait_for(lambda: self.registration_socket.exists() or proc.poll() is not None, 30)
         assert proc.poll() is None, (self.root / "log").read_text()[-2000:]
         return proc
@@ -128,7 +130,14 @@ async def node(nursery: trio.Nursery) -> AsyncIterator[Node]:
             ("u3", "cpudevnuma001"),
         ):
             fake.put_object("resourceclaims", claim(uid, [grouped("req", device, 3)]))
-        yield Node(root, fake, dra_api("v1"))
+        running = Node(root, fake, dra_api("v1"))
+        try:
+            yield running
+        finally:
+            for proc in running.procs:  # A failed test must not leave a daemon behind.
+                if proc.poll() is None:
+                    proc.kill()
+                    await proc.wait()
 
 
 async def stop(proc: trio.Process, sig: int = signal.SIGKILL) -> int:
@@ -215,6 +224,7 @@ async def test_newer_checkpoint_refuses_to_start(node: Node) -> None:
         '{"format": "dracpu-checkpoint", "version": 99, "sha256": "", "body": {}}'
     )
     proc = await spawn(node.argv(), {**os.environ, "PYTHONPATH": str(REPO)}, node.root / "log")
+    node.procs.append(proc)
     with trio.fail_after(30):
         assert await proc.wait() == 1
     log = (node.root / "log").read_text()
