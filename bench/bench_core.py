@@ -16,7 +16,7 @@ sys.path.insert(0, str(REPO))
 
 from dracpu.core.allocator import AllocationOptions, allocate  # noqa: E402
 from dracpu.core.cpuset import CpuSet  # noqa: E402
-from dracpu.core.slices import SliceOptions, build_slice_specs  # noqa: E402
+from dracpu.core.slices import DeviceMode, SliceOptions, build_slice_specs  # noqa: E402
 from dracpu.sysfs import read_topology  # noqa: E402
 from tests.support.topologies import NAMED_MACHINES  # noqa: E402
 
@@ -79,7 +79,7 @@ def main() -> None:
     )
     report(
         "slice build, individual: synthetic 512 CPUs",
-        lambda: build_slice_specs(big, SliceOptions("n")),
+        lambda: build_slice_specs(big, SliceOptions("n", mode=DeviceMode.INDIVIDUAL)),
         50,
         50.0,
     )

@@ -17,10 +17,11 @@ import yaml
 
 from dracpu.core.allocator import AllocationOptions, Strategy, allocate
 from dracpu.core.cpuset import CpuSet
-from dracpu.core.slices import DRIVER, DeviceMode, GroupBy, SliceOptions, build_slice_specs
+from dracpu.core.names import DRIVER_NAME
+from dracpu.core.slice_plan import plan_slices
+from dracpu.core.slices import DeviceMode, GroupBy, SliceOptions, build_slice_specs
 from dracpu.core.topology import CoreType, Topology
 from dracpu.errors import AllocationError, CpuSetParseError, DracpuError
-from dracpu.kube.slice_diff import plan_slices
 from dracpu.sysfs import DEFAULT_ROOT, read_topology
 
 EXIT_USAGE = 2
@@ -62,7 +63,7 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``dracpu`` command line."""
-    parser = _Parser(prog="dracpu", description="Kubernetes DRA driver for CPUs (dra.cpu).")
+    parser = _Parser(prog="dracpu", description=f"Kubernetes DRA driver for CPUs ({DRIVER_NAME}).")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     inspect = commands.add_parser(
         "inspect", help="show topology, slices or an allocation without a cluster"
@@ -75,10 +76,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SET",
         help="CPUs kept for the system; never published or allocated",
     )
+    defaults = SliceOptions(node_name="")
     inspect.add_argument(
-        "--cpu-device-mode", choices=[m.value for m in DeviceMode], default="individual"
+        "--cpu-device-mode",
+        choices=[m.value for m in DeviceMode],
+        default=defaults.mode.value,
+        help="one device per CPU, or one consumable device per group (default: %(default)s)",
     )
-    inspect.add_argument("--group-by", choices=[g.value for g in GroupBy], default="numanode")
+    inspect.add_argument(
+        "--group-by",
+        choices=[g.value for g in GroupBy],
+        default=defaults.group_by.value,
+        help="the domain a grouped device stands for (default: %(default)s)",
+    )
     inspect.add_argument(
         "--node-name",
         default=os.environ.get("NODE_NAME") or os.uname().nodename,
@@ -164,7 +174,7 @@ def _inspect(args: argparse.Namespace) -> int:
 def first_publish_bodies(specs: list[dict[str, Any]], node_name: str) -> list[dict[str, Any]]:
     """The ResourceSlice bodies the publisher would create for ``specs`` on an empty API server
     (without the Node ownerReference, whose UID only the API server knows)."""
-    plan = plan_slices(specs, [], driver=DRIVER, node=node_name)
+    plan = plan_slices(specs, [], driver=DRIVER_NAME, node=node_name)
     return [write.body for write in plan.creates]
 
 

@@ -33,17 +33,7 @@ import trio
 
 from dracpu import DRIVER_NAME
 from dracpu.backoff import Backoff
-from dracpu.errors import InvalidValueError, KubeApiError
-from dracpu.kube.client import JSON, KubeClient
-from dracpu.kube.errors import (
-    AlreadyExistsError,
-    ApiUnreachableError,
-    ConflictError,
-    InvalidError,
-    NotFoundError,
-)
-from dracpu.kube.resources import NODES, RESOURCE_SLICES
-from dracpu.kube.slice_diff import (
+from dracpu.core.slice_plan import (
     SliceDelete,
     SlicePlan,
     SliceWrite,
@@ -54,6 +44,16 @@ from dracpu.kube.slice_diff import (
     missing_gates,
     plan_slices,
 )
+from dracpu.errors import InvalidValueError, KubeApiError
+from dracpu.kube.client import JSON, KubeClient
+from dracpu.kube.errors import (
+    AlreadyExistsError,
+    ApiUnreachableError,
+    ConflictError,
+    InvalidError,
+    NotFoundError,
+)
+from dracpu.kube.resources import NODES, RESOURCE_SLICES
 from dracpu.kube.watch import Change, Reflector
 
 __all__ = ["PublisherHealth", "SlicePublisher"]

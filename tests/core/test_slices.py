@@ -11,6 +11,7 @@ import jsonschema
 import pytest
 
 from dracpu.core.cpuset import CpuSet
+from dracpu.core.slice_plan import plan_slices
 from dracpu.core.slices import (
     DeviceMode,
     GroupBy,
@@ -19,16 +20,15 @@ from dracpu.core.slices import (
     cpu_devices,
 )
 from dracpu.core.topology import Topology
-from dracpu.kube.slice_diff import plan_slices
 from dracpu.sysfs import read_topology
 from tests.support.captures import CAPTURE_NAMES
 from tests.support.topologies import make_topology
 
 SCHEMA_VERSIONS = ["v1.34.0", "v1.35.0", "v1.36.0"]
 MODES = [
-    SliceOptions("node-a"),
-    SliceOptions("node-a", reserved=CpuSet.parse("0-1")),
-    SliceOptions("node-a", expose_pcie_roots=True),
+    SliceOptions("node-a", mode=DeviceMode.INDIVIDUAL),
+    SliceOptions("node-a", mode=DeviceMode.INDIVIDUAL, reserved=CpuSet.parse("0-1")),
+    SliceOptions("node-a", mode=DeviceMode.INDIVIDUAL, expose_pcie_roots=True),
     SliceOptions("node-a", mode=DeviceMode.GROUPED, group_by=GroupBy.NUMANODE),
     SliceOptions("node-a", mode=DeviceMode.GROUPED, group_by=GroupBy.SOCKET),
     SliceOptions("node-a", mode=DeviceMode.GROUPED, group_by=GroupBy.MACHINE),
@@ -114,7 +114,7 @@ def test_every_capture_and_mode_validates(
 def test_individual_devices_match_upstream_names_and_attributes(shared_dir: Path) -> None:
     # server: cpu0's sibling is cpu56 (thread_siblings_list "0,56"), NUMA node 0, socket 0.
     topo = capture(shared_dir, "server")
-    spec = build_slice_specs(topo, SliceOptions("n1"))[0]
+    spec = build_slice_specs(topo, SliceOptions("n1", mode=DeviceMode.INDIVIDUAL))[0]
     first, second = spec["devices"][0], spec["devices"][1]
     assert first["name"] == "cpudev000"
     assert first["attributes"]["dra.cpu/cpuID"] == {"int": 0}
@@ -141,13 +141,13 @@ def test_individual_devices_match_upstream_names_and_attributes(shared_dir: Path
     }
     assert isolated == {4, 5, 6, 7, 60, 61, 62, 63}
     # 112 CPUs → slices of 128 → one slice.
-    assert len(build_slice_specs(topo, SliceOptions("n1"))) == 1
+    assert len(build_slice_specs(topo, SliceOptions("n1", mode=DeviceMode.INDIVIDUAL))) == 1
 
 
 def test_core_ids_are_machine_unique_on_two_sockets(shared_dir: Path) -> None:
     # sysfs core_id repeats on both sockets; the published coreID must not.
     topo = capture(shared_dir, "2-socket-4-node-40-core")
-    devices = build_slice_specs(topo, SliceOptions("n1"))[0]["devices"]
+    devices = build_slice_specs(topo, SliceOptions("n1", mode=DeviceMode.INDIVIDUAL))[0]["devices"]
     core_ids = [d["attributes"]["dra.cpu/coreID"]["int"] for d in devices]
     assert len(set(core_ids)) == 40
     by_core: dict[int, set[int]] = {}
@@ -160,7 +160,7 @@ def test_core_ids_are_machine_unique_on_two_sockets(shared_dir: Path) -> None:
 
 def test_hybrid_core_types(shared_dir: Path) -> None:
     topo = capture(shared_dir, "intel-hybrid-16cpu")
-    devices = build_slice_specs(topo, SliceOptions("n1"))[0]["devices"]
+    devices = build_slice_specs(topo, SliceOptions("n1", mode=DeviceMode.INDIVIDUAL))[0]["devices"]
     types = {
         d["attributes"]["dra.cpu/cpuID"]["int"]: d["attributes"]["dra.cpu/coreType"]["string"]
         for d in devices
@@ -171,7 +171,9 @@ def test_hybrid_core_types(shared_dir: Path) -> None:
 
 def test_reserved_cpus_are_excluded_and_siblings_regroup(shared_dir: Path) -> None:
     topo = capture(shared_dir, "server")
-    devices = cpu_devices(topo, SliceOptions("n1", reserved=CpuSet.parse("0,1,57")))
+    devices = cpu_devices(
+        topo, SliceOptions("n1", mode=DeviceMode.INDIVIDUAL, reserved=CpuSet.parse("0,1,57"))
+    )
     cpus = [d.cpus.first() for d in devices]
     assert 0 not in cpus
     assert 1 not in cpus
@@ -208,15 +210,21 @@ def test_grouped_socket_and_machine_devices(shared_dir: Path) -> None:
 
 def test_large_machine_is_chunked_and_names_are_stable() -> None:
     topo = make_topology(2, 4, 32, 2)  # 512 CPUs
-    specs = build_slice_specs(topo, SliceOptions("big"))
+    specs = build_slice_specs(topo, SliceOptions("big", mode=DeviceMode.INDIVIDUAL))
     assert [len(s["devices"]) for s in specs] == [128, 128, 128, 128]
     assert all(s["pool"]["resourceSliceCount"] == 4 for s in specs)
-    assert specs == build_slice_specs(make_topology(2, 4, 32, 2), SliceOptions("big"))
-    with_lists = build_slice_specs(topo, SliceOptions("big", expose_pcie_roots=True))
+    assert specs == build_slice_specs(
+        make_topology(2, 4, 32, 2), SliceOptions("big", mode=DeviceMode.INDIVIDUAL)
+    )
+    with_lists = build_slice_specs(
+        topo, SliceOptions("big", mode=DeviceMode.INDIVIDUAL, expose_pcie_roots=True)
+    )
     # make_topology without PCIe roots publishes no list attribute: still 128 per slice.
     assert len(with_lists) == 4
     pcie = make_topology(2, 4, 32, 2, pcie_roots_per_socket=1)
-    specs = build_slice_specs(pcie, SliceOptions("big", expose_pcie_roots=True))
+    specs = build_slice_specs(
+        pcie, SliceOptions("big", mode=DeviceMode.INDIVIDUAL, expose_pcie_roots=True)
+    )
     assert [len(s["devices"]) for s in specs] == [64] * 8
     first = specs[0]["devices"][0]["attributes"]["resource.kubernetes.io/pcieRoot"]
     assert first == {"strings": ["pci0000:00"]}
