@@ -8,6 +8,11 @@ Behaves like the kubelet CPU Manager's static policy in packed mode, written fro
    (best fit: the fewest free CPUs first), descending socket → NUMA → L3;
 3. inside it, whole free cores, then single CPUs from the most-used cores.
 
+When no single NUMA node can hold the claim at that quality, the domain is the union of the
+fewest NUMA nodes that can, ties going to the fewest L3 groups, then sockets, then best fit; so a
+claim of a NUMA node and a bit stays on two nodes on machines that number CPUs round-robin across
+nodes. Domains with equal free counts are taken one after the other, never interleaved.
+
 Step 1 runs inside a best-fit domain too, chosen so that it gives up nothing the whole machine
 could offer (a whole NUMA node, whole cores): on a sub-NUMA-clustered socket whose L3 spans two
 NUMA nodes, a claim stays under one L3 when one can hold it. Precedence when these goals
@@ -141,6 +146,22 @@ class _Index:
                 cores = sorted({self.core_of_cpu[cpu] for cpu in CpuSet(mask)})
                 cells.append((mask, cores))
             self.cells.append(cells)
+        # The depth whose cells are socket ∩ NUMA node blocks (what unions are built from when
+        # no single NUMA node holds a claim), or -1 when the machine has no such level.
+        self.block_depth = len(self.levels) - 2 if len(self.levels) >= 2 else -1
+        self.numa_level = self._level_index([c.mask for c in topology.numas.values()])
+        self.l3_level = self._level_index([c.mask for c in topology.l3_groups.values()])
+        self.socket_level = self._level_index([c.mask for c in topology.sockets.values()])
+
+    def _level_index(self, groups: list[int]) -> int:
+        return self.levels.index(groups) if groups and groups in self.levels else -1
+
+    def spread_of(self, mask: int) -> tuple[int, int, int]:
+        """How many NUMA nodes, L3 groups and sockets the CPUs of ``mask`` touch."""
+        return tuple(  # type: ignore[return-value]
+            sum(1 for g in self.levels[li] if g & mask) if li >= 0 else 0
+            for li in (self.numa_level, self.l3_level, self.socket_level)
+        )
 
     @staticmethod
     def of(topology: Topology) -> _Index:
@@ -152,12 +173,20 @@ class _Index:
         return index
 
     def pack_key(self, mask: int, free: int) -> tuple[int, ...]:
-        """Sort key: fewer free CPUs in each enclosing domain first, then the lowest CPU."""
+        """Sort key: fewer free CPUs in each enclosing domain first, then the lowest CPU.
+
+        Each count is followed by the domain's index, so that domains with equal counts are
+        taken one after the other rather than interleaved by CPU number (machines that number
+        CPUs round-robin across NUMA nodes would otherwise alternate nodes).
+        """
         first = _low_cpu(mask)
-        key = []
+        key: list[int] = []
         for level, index in zip(self.levels, self.group_of, strict=True):
             group = index.get(first)
-            key.append(_popcount(level[group] & free) if group is not None else 0)
+            if group is None:
+                key += (0, -1)
+            else:
+                key += (_popcount(level[group] & free), group)
         key.append(first)
         return tuple(key)
 
@@ -245,7 +274,7 @@ def _narrow(ctx: _Index, scope: int, free: int, count: int) -> int:
     granularity the one with the fewest free CPUs wins (best fit), then the most-used.
     """
     target = ctx.quality(scope, count, ctx.all_cores)
-    for cells in ctx.cells:
+    for depth, cells in enumerate(ctx.cells):
         best: tuple[tuple[int, tuple[int, ...]], int] | None = None
         for cell, cores in cells:
             part = cell & scope
@@ -257,6 +286,48 @@ def _narrow(ctx: _Index, scope: int, free: int, count: int) -> int:
             key = (size, ctx.pack_key(part, free))
             if best is None or key < best[0]:
                 best = (key, part)
+        if best is not None:
+            return best[1]
+        if depth == ctx.block_depth:
+            # No single NUMA node holds it: the fewest NUMA nodes (then L3 groups, then sockets)
+            # that do, before any single coarser domain, which may span more nodes than needed.
+            return _fewest_blocks(ctx, scope, free, count, target)
+    return scope
+
+
+MAX_BLOCK_COMBINATIONS = 512
+"""Bound on the NUMA-node combinations examined per size when narrowing; beyond it only the
+combination of the freest nodes is tried."""
+
+
+def _fewest_blocks(ctx: _Index, scope: int, free: int, count: int, target: object) -> int:
+    """The union of the fewest blocks (socket ∩ NUMA node cells) inside ``scope`` that holds
+    ``count`` CPUs at the quality ``target``; ties go to the fewest NUMA nodes, L3 groups and
+    sockets touched, then the fewest free CPUs (best fit), then the most-used.
+    """
+    blocks = [(cell & scope, cores) for cell, cores in ctx.cells[ctx.block_depth]]
+    blocks = [(part, cores) for part, cores in blocks if part]
+    freest = sorted(blocks, key=lambda b: -_popcount(b[0]))
+    for k in range(2, len(blocks) + 1):
+        if sum(_popcount(part) for part, _ in freest[:k]) < count:
+            continue
+        if math.comb(len(blocks), k) <= MAX_BLOCK_COMBINATIONS:
+            combos: Iterable[tuple[tuple[int, list[int]], ...]] = itertools.combinations(blocks, k)
+        else:
+            combos = [tuple(freest[:k])]
+        best: tuple[tuple[object, ...], int] | None = None
+        for combo in combos:
+            union = 0
+            cores: list[int] = []
+            for part, block_cores in combo:
+                union |= part
+                cores += block_cores
+            size = _popcount(union)
+            if size < count or ctx.quality(union, count, cores) != target:
+                continue
+            key = (*ctx.spread_of(union), size, ctx.pack_key(union, free))
+            if best is None or key < best[0]:
+                best = (key, union)
         if best is not None:
             return best[1]
     return scope
