@@ -208,6 +208,7 @@ def topology_document(topology: Topology) -> dict[str, Any]:
                 "hasMemory": node.has_memory,
                 "memoryKiB": node.memory_kib,
                 "distances": list(node.distances),
+                "localMemory": topology.local_memory_of(node.id),
             }
             for node in topology.numa_nodes
         ],
@@ -232,6 +233,8 @@ def topology_document(topology: Topology) -> dict[str, Any]:
             "l2": i.l2,
             "l3": i.l3,
             "type": str(i.core_type),
+            "baseFreqKHz": i.base_freq_khz,
+            "maxFreqKHz": i.max_freq_khz,
         }
         for i in topology.cpus.values()
     ]

@@ -35,6 +35,8 @@ def test_inspect_every_capture(
     assert code == 0
     topo = yaml.safe_load(out)
     assert topo["counts"]["cpus"] == len(topo["cpuDetails"]) > 0
+    # Every capture's CPU nodes have memory of their own.
+    assert all(n["localMemory"] == n["id"] for n in topo["numaNodes"] if n["cpus"])
 
     # The default is upstream's: grouped, one consumable device per NUMA node with CPUs.
     code, out, _ = run(["inspect", "--sysfs-root", sysfs, "--node-name", "n1", "slices"], capsys)

@@ -159,6 +159,24 @@ def _pcie_roots(topology: Topology, cpus: CpuSet) -> list[str]:
     return [root for root, local in topology.pcie_roots.items() if not local.isdisjoint(cpus)]
 
 
+def _prototype_attributes(topology: Topology, cpus: CpuSet) -> Json:
+    """The attributes of the nri-plugins ``native.cpu`` prototype that upstream lacks, for the
+    CPUs of one device, each only when every CPU agrees: ``localMemory`` (the nearest NUMA node
+    with memory, which differs from the CPU's own node on memory-less nodes), ``baseFreq`` and
+    ``maxFreq`` (kHz, from cpufreq)."""
+    infos = [topology.cpus[c] for c in cpus]
+    values = {
+        "localMemory": {topology.local_memory_of(i.numa) for i in infos},
+        "baseFreq": {i.base_freq_khz for i in infos},
+        "maxFreq": {i.max_freq_khz for i in infos},
+    }
+    attributes: Json = {}
+    for name, found in values.items():
+        if len(found) == 1 and (value := found.pop()) is not None:
+            attributes[qualified(name)] = _int(value)
+    return attributes
+
+
 def _individual(topology: Topology, device: CpuDevice, options: SliceOptions) -> Json:
     cpu = device.cpus.first()
     info = topology.cpus[cpu]
@@ -171,6 +189,7 @@ def _individual(topology: Topology, device: CpuDevice, options: SliceOptions) ->
         qualified("cpuID"): _int(cpu),
         qualified("dieID"): _int(info.die),
         qualified("isolated"): {"bool": cpu in topology.isolated},
+        **_prototype_attributes(topology, device.cpus),
     }
     if info.l3 is not None:
         attributes[qualified("cacheL3ID")] = _int(info.l3)
@@ -187,6 +206,7 @@ def _grouped(topology: Topology, device: CpuDevice, options: SliceOptions) -> Js
     attributes: Json = {
         qualified("smtEnabled"): {"bool": topology.smt_enabled},
         qualified("numCPUs"): _int(len(device.cpus)),
+        **_prototype_attributes(topology, device.cpus),
     }
     sockets = {topology.cpus[c].socket for c in device.cpus}
     numas = {topology.cpus[c].numa for c in device.cpus}

@@ -121,6 +121,7 @@ def test_individual_devices_match_upstream_names_and_attributes(shared_dir: Path
     assert second["name"] == "cpudev001"
     assert second["attributes"]["dra.cpu/cpuID"] == {"int": 56}  # siblings consecutive
     assert first["attributes"] == {
+        "dra.cpu/baseFreq": {"int": 2700000},  # cpufreq/policy0/base_frequency (kHz)
         "dra.cpu/cacheL2ID": {"int": 0},
         "dra.cpu/cacheL3ID": {"int": 0},
         "dra.cpu/coreID": {"int": 0},
@@ -128,6 +129,8 @@ def test_individual_devices_match_upstream_names_and_attributes(shared_dir: Path
         "dra.cpu/cpuID": {"int": 0},
         "dra.cpu/dieID": {"int": 0},
         "dra.cpu/isolated": {"bool": False},
+        "dra.cpu/localMemory": {"int": 0},
+        "dra.cpu/maxFreq": {"int": 4000000},  # cpufreq/policy0/cpuinfo_max_freq (kHz)
         "dra.cpu/numaNodeID": {"int": 0},
         "dra.cpu/smtEnabled": {"bool": True},
         "dra.cpu/socketID": {"int": 0},
@@ -228,3 +231,65 @@ def test_large_machine_is_chunked_and_names_are_stable() -> None:
     assert [len(s["devices"]) for s in specs] == [64] * 8
     first = specs[0]["devices"][0]["attributes"]["resource.kubernetes.io/pcieRoot"]
     assert first == {"strings": ["pci0000:00"]}
+
+
+def _capture_frequencies(sysfs: Path, cpu: int) -> tuple[int | None, int | None]:
+    """(base, max) kHz straight from a capture's files: ``cpuN/cpufreq`` holds the link
+    target (``../cpufreq/policyN``) as text."""
+    link = sysfs / "devices" / "system" / "cpu" / f"cpu{cpu}" / "cpufreq"
+    if not link.is_file():
+        return None, None
+    policy = link.parent / link.read_text().strip()
+    values = []
+    for name in ("base_frequency", "cpuinfo_max_freq"):
+        path = policy / name
+        values.append(int(path.read_text()) if path.is_file() else None)
+    return values[0], values[1]
+
+
+@pytest.mark.parametrize("machine", CAPTURE_NAMES)
+def test_prototype_attributes_on_every_capture(shared_dir: Path, machine: str) -> None:
+    sysfs = shared_dir / "fixtures" / "sysfs" / machine / "sys"
+    topo = read_topology(sysfs)
+    has_memory = sysfs / "devices" / "system" / "node" / "has_memory"
+    with_memory = CpuSet.parse(has_memory.read_text()) if has_memory.is_file() else CpuSet()
+    individual = build_slice_specs(topo, SliceOptions("n", mode=DeviceMode.INDIVIDUAL))
+    frequencies = {}
+    for device in (d for spec in individual for d in spec["devices"]):
+        attributes = device["attributes"]
+        cpu = attributes["dra.cpu/cpuID"]["int"]
+        numa = attributes["dra.cpu/numaNodeID"]["int"]
+        # Every capture's CPU nodes have memory: each CPU's memory is its own node.
+        assert numa in with_memory or not has_memory.is_file()
+        assert attributes["dra.cpu/localMemory"] == {"int": numa}
+        base, top = frequencies[cpu] = _capture_frequencies(sysfs, cpu)
+        assert attributes.get("dra.cpu/baseFreq") == (None if base is None else {"int": base})
+        assert attributes.get("dra.cpu/maxFreq") == (None if top is None else {"int": top})
+    # Which captures have cpufreq, from their files: these four, not the ghw ones.
+    with_cpufreq = {"2-socket-4-node-40-core", "desktop", "intel-hybrid-16cpu", "server"}
+    assert any(f != (None, None) for f in frequencies.values()) == (machine in with_cpufreq)
+    # Grouped devices carry a frequency only when all their CPUs share it.
+    grouped = build_slice_specs(topo, SliceOptions("n"))
+    for device, cpus in zip(
+        (d for spec in grouped for d in spec["devices"]),
+        cpu_devices(topo, SliceOptions("n")),
+        strict=True,
+    ):
+        tops = {frequencies[c][1] for c in cpus.cpus}
+        expected = {"int": tops.pop()} if len(tops) == 1 and None not in tops else None
+        assert device["attributes"].get("dra.cpu/maxFreq") == expected
+        if machine in ("desktop", "intel-hybrid-16cpu"):  # CPUs of 2 maximum frequencies
+            assert expected is None
+
+
+def test_local_memory_of_memoryless_nodes_is_the_nearest_memory_node() -> None:
+    # 2 sockets x 2 NUMA nodes; distances 10 local, 12 same socket, 21 other socket.
+    # Node 1 (socket 0) has no memory: node 0 (12) beats nodes 2 and 3 (21).
+    # Node 2 and 3 (socket 1) have none: both fall back to node 0 or 1 at 21, the lower id wins.
+    topo = make_topology(2, 2, 2, 2, memoryless_nodes=[1, 2, 3])
+    assert [topo.local_memory_of(n) for n in range(4)] == [0, 0, 0, 0]
+    topo = make_topology(2, 2, 2, 2, memoryless_nodes=[0, 2])
+    assert [topo.local_memory_of(n) for n in range(4)] == [1, 1, 3, 3]
+    devices = build_slice_specs(topo, SliceOptions("n"))[0]["devices"]
+    assert [d["attributes"]["dra.cpu/localMemory"]["int"] for d in devices] == [1, 1, 3, 3]
+    assert [d["attributes"]["dra.cpu/numaNodeID"]["int"] for d in devices] == [0, 1, 2, 3]
