@@ -50,6 +50,16 @@ CAPTURE_CASES = [
         PACKED,
         "7,9,14,17-19,22,26,30-31,36,47,49,54,57-59,62,66,70-71,76",
     ),
+    # Nodes 0, 1 (socket 0) and 2 (socket 1) have 8 whole free cores each, node 3 none: 24 CPUs
+    # = 12 cores fit any two of them; the pair in one socket (one L3) wins, node 0 first (equal
+    # counts go by index), then node 1's lowest cores 3-4,7-8.
+    (
+        "2-socket-4-node-40-core",
+        "15-16,18-19,23-24,27-29,33-39,55-56,58-59,63-64,67-69,73-79",
+        24,
+        PACKED,
+        "0-8,10-12,40-48,50-52",
+    ),
     # server: NUMA nodes interleave (node0 = 0,4,8,...); siblings n/n+56.
     ("server", "", 2, PACKED, "0,56"),
     ("server", "", 4, FULL, "0,4,56,60"),

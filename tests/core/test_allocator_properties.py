@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
 
-from dracpu.core.allocator import AllocationOptions, Strategy, allocate
+from dracpu.core.allocator import AllocationOptions, Strategy, _Index, allocate
 from dracpu.core.cpuset import CpuSet
 from dracpu.core.topology import Topology
 from dracpu.errors import AllocationError
@@ -188,6 +188,25 @@ def test_fewest_numa_nodes_among_equally_whole_results(
     assert used == fewest_nodes(topo, free, count, whole), (
         f"{cpus} spans {used} NUMA nodes with {whole} CPUs in whole cores"
     )
+
+
+@SETTINGS
+@given(topologies(), st.data())
+def test_whole_core_index_agrees_with_visiting_every_core(
+    topo: Topology, data: st.DataObject
+) -> None:
+    """The allocator finds whole cores by shifting masks per core shape; visiting each core
+    must give the same cores and the same greedy capacity."""
+    cpus = data.draw(cpu_subsets(topo.online))
+    count = data.draw(st.integers(0, len(topo.online)))
+    index = _Index.of(topo)
+    whole = whole_free_cores(topo, cpus)
+    assert index.whole_cores_in(cpus) == CpuSet.of(c for core in whole for c in core)
+    total = 0
+    for size in sorted((len(core) for core in whole), reverse=True):
+        if total + size <= count:
+            total += size
+    assert index.whole_capacity(cpus.mask, count) == total
 
 
 class ClaimsMachine(RuleBasedStateMachine):
