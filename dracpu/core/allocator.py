@@ -5,7 +5,8 @@ Behaves like the kubelet CPU Manager's static policy in packed mode, written fro
 1. whole free groups of the larger of socket / NUMA node, then of the other, then whole L3
    (uncore) groups, each while the request is at least a group's size, most-used domain first;
 2. the remainder goes to the tightest domain that can hold it without giving up whole cores
-   (best fit: the fewest free CPUs first), descending socket → NUMA → L3;
+   (best fit: the fewest free CPUs first), finest first: L3 ∩ NUMA node, NUMA node, then
+   unions of NUMA nodes;
 3. inside it, whole free cores, then single CPUs from the most-used cores.
 
 When no single NUMA node can hold the claim at that quality, the domain is the union of the
@@ -16,7 +17,8 @@ nodes. Domains with equal free counts are taken one after the other, never inter
 Step 1 runs inside a best-fit domain too, chosen so that it gives up nothing the whole machine
 could offer (a whole NUMA node, whole cores): on a sub-NUMA-clustered socket whose L3 spans two
 NUMA nodes, a claim stays under one L3 when one can hold it. Precedence when these goals
-conflict: whole sockets / NUMA nodes, then whole L3 groups, then whole cores, then one L3.
+conflict: whole sockets / NUMA nodes, then whole L3 groups, then whole cores, then the fewest
+NUMA nodes, L3 groups and sockets.
 
 "Most-used first" keeps free space contiguous for later, larger claims. Cores are keyed by
 (package, die, core_id), so multi-socket machines, 1/2/4-way SMT, hybrid parts and unevenly
