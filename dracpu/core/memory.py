@@ -52,12 +52,12 @@ class MemoryKind(enum.StrEnum):
     HUGEPAGES = "hugepages"
 
 
-@dataclass(frozen=True, slots=True, order=True)
+@dataclass(frozen=True, slots=True)
 class MemoryResource:
     """One kind of memory: ordinary memory (its base page size) or hugepages of one size.
 
     ``name`` is upstream's resource name (``memory``, ``hugepages-2Mi``); it keys the CDI env
-    variables. Ordering puts memory first, then hugepages by page size.
+    variables. ``sort_key`` puts memory first, then hugepages by page size.
     """
 
     kind: MemoryKind
@@ -72,6 +72,11 @@ class MemoryResource:
     def hugepages(cls, page_size: int) -> MemoryResource:
         """Hugepages of one size (bytes)."""
         return cls(MemoryKind.HUGEPAGES, page_size)
+
+    @property
+    def sort_key(self) -> tuple[bool, int]:
+        """Memory first, then hugepages by page size."""
+        return (self.hugetlb, self.page_size)
 
     @property
     def hugetlb(self) -> bool:

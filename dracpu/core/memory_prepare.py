@@ -249,7 +249,7 @@ def memory_env(assignment: MemoryAssignment) -> list[str]:
         nodes = per.setdefault(g.resource, {})
         nodes[g.numa] = nodes.get(g.numa, 0) + g.size
     env: list[str] = []
-    for resource in sorted(per):
+    for resource in sorted(per, key=lambda r: r.sort_key):
         key = f"{ENV_PREFIX}_{uid}_{resource.name.replace('-', '_')}"
         nodes = per[resource]
         for numa, size in sorted(nodes.items()):
