@@ -9,8 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jsonschema
 import pytest
+import yaml
 
+from dracpu.cli import main
 from dracpu.core.memory import GIB, MIB, MemoryTopology
 from dracpu.core.memory_slices import (
     MemorySliceOptions,
@@ -130,8 +133,6 @@ def test_every_capture_validates(shared_dir: Path, machine: str, version: str) -
 @pytest.mark.parametrize("version", SCHEMA_VERSIONS)
 def test_device_classes_validate_and_match_upstream(shared_dir: Path, version: str) -> None:
     defs = validator(shared_dir, version).schema["$defs"]
-    import jsonschema
-
     check = jsonschema.Draft202012Validator(
         {"$defs": defs, "$ref": "#/$defs/io.k8s.api.resource.v1.DeviceClass"}
     )
@@ -161,3 +162,43 @@ def test_reserved_memory_is_left_out(shared_dir: Path) -> None:
     devices = {d.name: d.capacity for d in memory_devices(topo, options)}
     assert devices["memory-numa000"] == 32372996 * KIB - GIB
     assert "memory-numa004" not in devices  # all of it reserved: nothing to offer
+
+
+@pytest.mark.parametrize("machine", CAPTURE_NAMES)
+def test_inspect_memory_every_capture(
+    shared_dir: Path, machine: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sysfs = str(shared_dir / "fixtures" / "sysfs" / machine / "sys")
+    assert main(["inspect", "--sysfs-root", sysfs, "--node-name", "n1", "memory"]) == 0
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert [n["id"] for n in docs[0]["numaNodes"]] == sorted(MEMTOTAL_KB[machine])
+    slices = [d for d in docs if d.get("kind") == "ResourceSlice"]
+    assert all(s["spec"]["driver"] == "dra.memory" for s in slices)
+    names = [d["name"] for s in slices for d in s["spec"]["devices"]]
+    assert names[: len(MEMTOTAL_KB[machine])] == [
+        f"memory-numa{n:03d}" for n in MEMTOTAL_KB[machine]
+    ]
+
+
+@pytest.mark.parametrize("version", SCHEMA_VERSIONS)
+def test_docs_aligned_claim_validates(shared_dir: Path, version: str) -> None:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "memory.md").read_text()
+    block = text.split("## CPU and memory on one NUMA node", 1)[1].split("```yaml", 1)[1]
+    template = next(yaml.safe_load_all(block.split("```", 1)[0]))
+    defs = validator(shared_dir, version).schema["$defs"]
+    check = jsonschema.Draft202012Validator(
+        {"$defs": defs, "$ref": "#/$defs/io.k8s.api.resource.v1.ResourceClaimTemplate"}
+    )
+    errors = sorted(check.iter_errors(template), key=str)
+    assert not errors, errors[0].message
+    spec = template["spec"]["spec"]["devices"]
+    assert spec["constraints"] == [
+        {"requests": ["cpus", "mem", "hp"], "matchAttribute": "resource.kubernetes.io/numaNode"}
+    ]
+    # The classes it names are the ones dracpu publishes.
+    names = {
+        c["metadata"]["name"]
+        for c in device_classes(capture(shared_dir, "2-socket-4-node-40-core"))
+    }
+    asked = {r["exactly"]["deviceClassName"] for r in spec["requests"]}
+    assert asked - {"dra.cpu"} <= names

@@ -20,7 +20,12 @@ from dracpu.core.memory_prepare import (
     prepare_memory,
     prepare_memory_claims,
 )
-from dracpu.core.memory_slices import MemorySliceOptions, build_memory_slice_specs, memory_devices
+from dracpu.core.memory_slices import (
+    MemoryDevice,
+    MemorySliceOptions,
+    build_memory_slice_specs,
+    memory_devices,
+)
 from dracpu.kube.slice_diff import plan_slices
 from tests.core.test_slices import validator
 
@@ -189,10 +194,9 @@ def test_batch_threads_holdings_and_reports_per_claim() -> None:
         max_size=12,
     )
 )
-def test_holdings_never_exceed_capacity(asks: list[tuple[object, int]]) -> None:
+def test_holdings_never_exceed_capacity(asks: list[tuple[MemoryDevice, int]]) -> None:
     claims = {
-        f"c{i}": [result(d.name, str(n * d.resource.page_size))]  # type: ignore[attr-defined]
-        for i, (d, n) in enumerate(asks)
+        f"c{i}": [result(d.name, str(n * d.resource.page_size))] for i, (d, n) in enumerate(asks)
     }
     out = prepare_memory_claims(claims, DEVICES, {}, pool=POOL)
     held = [a for a in out.values() if isinstance(a, MemoryAssignment)]
@@ -202,7 +206,7 @@ def test_holdings_never_exceed_capacity(asks: list[tuple[object, int]]) -> None:
     used = dict.fromkeys((d.name for d in DEVICES), 0)
     capacity = {d.name: d.capacity for d in DEVICES}
     for (device, n), got in zip(asks, out.values(), strict=True):
-        name, size = device.name, n * device.resource.page_size  # type: ignore[attr-defined]
+        name, size = device.name, n * device.resource.page_size
         fits = used[name] + size <= capacity[name]
         assert isinstance(got, MemoryAssignment) == fits
         if fits:
