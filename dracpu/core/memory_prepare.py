@@ -30,8 +30,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from dracpu.core.memory import MemoryResource
+from dracpu.core.memory import MemoryKind, MemoryResource
 from dracpu.core.memory_slices import SIZE_CAPACITY, MemoryDevice
 from dracpu.core.quantity import format_bytes, parse_bytes
 from dracpu.errors import InvalidValueError
@@ -45,6 +46,8 @@ __all__ = [
     "MemoryAssignment",
     "MemoryClaimError",
     "MemoryGrant",
+    "assignment_from_json",
+    "assignment_to_json",
     "cdi_device_id",
     "cdi_device_name",
     "memory_env",
@@ -258,6 +261,62 @@ def memory_env(assignment: MemoryAssignment) -> list[str]:
     numa_list = ",".join(str(n) for n in assignment.numa_nodes)
     env.append(f"{ENV_PREFIX}_{uid}_NUMANodes={numa_list}")
     return env
+
+
+def assignment_to_json(assignment: MemoryAssignment) -> dict[str, Any]:
+    """A JSON-ready form of an assignment, for the checkpoint (:func:`assignment_from_json`)."""
+    return {
+        "claimUID": assignment.claim_uid,
+        "grants": [
+            {
+                "request": g.request,
+                "device": g.device,
+                "kind": str(g.resource.kind),
+                "pageSize": g.resource.page_size,
+                "numaNode": g.numa,
+                "size": g.size,
+            }
+            for g in assignment.grants
+        ],
+    }
+
+
+def assignment_from_json(doc: object, *, origin: str) -> MemoryAssignment:
+    """Read :func:`assignment_to_json`'s form back; ``InvalidValueError`` names the bad field."""
+    if not isinstance(doc, Mapping) or not isinstance(doc.get("claimUID"), str):
+        raise InvalidValueError("not a memory assignment (no claimUID)", value=doc, origin=origin)
+    grants_doc = doc.get("grants", [])
+    if not isinstance(grants_doc, list):
+        raise InvalidValueError("grants is not a list", value=grants_doc, origin=origin)
+    grants = []
+    for i, g in enumerate(grants_doc):
+        where = f"{origin}: grants[{i}]"
+        if not isinstance(g, Mapping):
+            raise InvalidValueError("not a mapping", value=g, origin=where)
+        try:
+            kind = MemoryKind(str(g.get("kind")))
+        except ValueError:
+            raise InvalidValueError(
+                f"kind {g.get('kind')!r} is not memory or hugepages", value=g, origin=where
+            ) from None
+        fields = {k: g.get(k) for k in ("pageSize", "numaNode", "size")}
+        for key, value in fields.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InvalidValueError(f"{key} {value!r} is not a count", value=g, origin=where)
+        texts = {k: g.get(k) for k in ("request", "device")}
+        for key, value in texts.items():
+            if not isinstance(value, str):
+                raise InvalidValueError(f"{key} {value!r} is not a string", value=g, origin=where)
+        grants.append(
+            MemoryGrant(
+                request=str(texts["request"]),
+                device=str(texts["device"]),
+                resource=MemoryResource(kind, int(g["pageSize"])),
+                numa=int(g["numaNode"]),
+                size=int(g["size"]),
+            )
+        )
+    return MemoryAssignment(doc["claimUID"], tuple(grants))
 
 
 def _sum(pairs: Iterable[tuple[int, int]]) -> dict[int, int]:

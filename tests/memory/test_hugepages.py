@@ -165,7 +165,7 @@ def test_report_says_what_the_kernel_gave() -> None:
 
 
 def pool_tree(base: Path) -> Path:
-    extra = {}
+    extra: dict[str, str] = {}
     for node in (0, 1):
         for kb in (2048, 1048576):
             d = f"{NODE}/node{node}/hugepages/hugepages-{kb}kB"

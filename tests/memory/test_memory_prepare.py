@@ -15,6 +15,8 @@ from dracpu.core.memory_prepare import (
     AllocatedMemory,
     MemoryAssignment,
     MemoryClaimError,
+    assignment_from_json,
+    assignment_to_json,
     cdi_device_id,
     memory_env,
     prepare_memory,
@@ -26,6 +28,8 @@ from dracpu.core.memory_slices import (
     build_memory_slice_specs,
     memory_devices,
 )
+from dracpu.core.quantity import parse_bytes
+from dracpu.errors import InvalidValueError
 from dracpu.kube.slice_diff import plan_slices
 from tests.core.test_slices import validator
 
@@ -226,3 +230,78 @@ def test_one_page_device_has_no_step_and_validates(shared_dir: Path) -> None:
     check = validator(shared_dir, "v1.34.0")
     for write in plan_slices(specs, [], driver="dra.memory", node=POOL).creates:
         assert not list(check.iter_errors(json.loads(json.dumps(write.body))))
+
+
+def test_assignment_json_round_trip_and_errors() -> None:
+    a = prepare_memory(
+        UID,
+        [result("memory-numa001", "2Gi"), result("hugepages-1gi-numa000", "1Gi", "hp")],
+        DEVICES,
+        {},
+        pool=POOL,
+    )
+    doc = json.loads(json.dumps(assignment_to_json(a)))
+    assert assignment_from_json(doc, origin="checkpoint") == a
+    bad = json.loads(json.dumps(doc))
+    bad["grants"][1]["size"] = "1Gi"
+    with pytest.raises(
+        InvalidValueError, match=r"checkpoint: grants\[1\]: size '1Gi' is not a count"
+    ):
+        assignment_from_json(bad, origin="checkpoint")
+    bad["grants"][1]["kind"] = "cheese"
+    with pytest.raises(InvalidValueError, match="kind 'cheese'"):
+        assignment_from_json(bad, origin="checkpoint")
+    with pytest.raises(InvalidValueError, match="no claimUID"):
+        assignment_from_json({"grants": []}, origin="checkpoint")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(min_value=0, max_value=64 * 2**20),  # MemTotal kB
+            st.integers(min_value=0, max_value=40000),  # 2 MiB pages
+            st.integers(min_value=0, max_value=40),  # 1 GiB pages
+            st.integers(min_value=0, max_value=5),  # surplus 2 MiB pages
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_nothing_is_counted_twice(nodes: list[tuple[int, int, int, int]]) -> None:
+    topo = MemoryTopology(
+        nodes=tuple(
+            MemoryNode(
+                i,
+                kb * 1024,
+                hugepages=(
+                    HugePagePool(2 * MIB, two + surplus, surplus=surplus),
+                    HugePagePool(GIB, one),
+                ),
+            )
+            for i, (kb, two, one, surplus) in enumerate(nodes)
+        ),
+        page_size=4096,
+    )
+    devices = memory_devices(topo, MemorySliceOptions(POOL))
+    for node in topo.nodes:
+        mine = [d for d in devices if d.numa == node.id]
+        hugepages = sum(d.capacity for d in mine if d.resource.hugetlb)
+        assert hugepages == node.hugepage_bytes
+        # Ordinary memory plus pools never exceeds what the node has (when pools fit in it).
+        if node.hugepage_bytes <= node.total_bytes:
+            assert sum(d.capacity for d in mine) <= node.total_bytes
+    for spec in build_memory_slice_specs(topo, MemorySliceOptions(POOL)):
+        for device in spec["devices"]:
+            policy = device["capacity"]["size"]["requestPolicy"]
+            value = parse_bytes(device["capacity"]["size"]["value"])
+            step = parse_bytes(policy["validRange"].get("step", "0"))
+            low = parse_bytes(policy["validRange"]["min"])
+            default = parse_bytes(policy["default"])
+            # The API's rules: min <= default <= max == value; max and default multiples of step;
+            # min + step <= value.
+            assert low <= default <= value == parse_bytes(policy["validRange"]["max"])
+            if step:
+                assert value % step == 0
+                assert default % step == 0
+                assert low + step <= value
