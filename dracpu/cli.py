@@ -22,6 +22,7 @@ from dracpu.core.slice_plan import plan_slices
 from dracpu.core.slices import DeviceMode, GroupBy, SliceOptions, build_slice_specs
 from dracpu.core.topology import CoreType, Topology
 from dracpu.errors import AllocationError, CpuSetParseError, DracpuError
+from dracpu.memory_cli import add_hugepages_parser, inspect_memory, run_hugepages
 from dracpu.sysfs import DEFAULT_ROOT, read_topology
 
 EXIT_USAGE = 2
@@ -106,12 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     alloc.add_argument("--full-pcpus-only", action="store_true")
     alloc.add_argument("--distribute-across-numa", action="store_true")
     alloc.add_argument("--strategy", choices=[s.value for s in Strategy], default="packed")
+    what.add_parser("memory", help="memory per NUMA node and the dra.memory slices and classes")
+    add_hugepages_parser(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the dracpu command line; returns the process exit status."""
     args = build_parser().parse_args(argv)
+    if args.command == "hugepages":
+        return run_hugepages(args)
     try:
         return _inspect(args)
     except BrokenPipeError:
@@ -128,6 +133,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _inspect(args: argparse.Namespace) -> int:
     root: Path = args.sysfs_root
+    if args.what == "memory":
+        try:
+            docs = inspect_memory(root, args.node_name)
+        except DracpuError as exc:
+            raise UsageError(f"--sysfs-root {str(root)!r}: {exc}") from exc
+        _print_all(docs)
+        return 0
     try:
         topology = read_topology(root)
     except DracpuError as exc:

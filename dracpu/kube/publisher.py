@@ -3,7 +3,7 @@
 :class:`SlicePublisher` runs two tasks: a :class:`~dracpu.kube.watch.Reflector` that lists and
 watches the slices with field selectors ``spec.nodeName=<node>,spec.driver=<driver>``, and a
 reconcile loop that, whenever the watch reports a change or :meth:`SlicePublisher.set_desired`
-gives new specs, asks :func:`~dracpu.kube.slice_diff.plan_slices` for the difference and writes
+gives new specs, asks :func:`~dracpu.core.slice_plan.plan_slices` for the difference and writes
 it (deletes, then updates, then creates). The loop coalesces bursts (``settle`` seconds, e.g. the
 kubelet deleting all slices at once), so a wipe is repaired within well under a second of the
 watch event, and it sends nothing while nothing changes.
