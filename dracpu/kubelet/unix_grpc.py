@@ -210,6 +210,46 @@ class _MessageFramer:
         return None
 
 
+# RFC 9113 §6.5.2: SETTINGS_MAX_FRAME_SIZE starts at 16384 and h2 (as grpclib uses it) never
+# raises it for what it receives.
+_MAX_INBOUND_FRAME = 16384
+
+
+class _FrameLengthGuard:
+    """Follows HTTP/2 frame headers on the inbound byte stream (after the 24-byte preface).
+
+    h2 checks a frame's length only once the whole frame is buffered, so one frame header
+    claiming 16 MiB made it hold up to 16 MiB per connection; this refuses such a header as
+    soon as its 9 bytes arrive.
+    """
+
+    __slots__ = ("header", "skip")
+
+    def __init__(self) -> None:
+        self.skip = len(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        self.header = bytearray()
+
+    def oversized(self, data: bytes) -> int | None:
+        """Consume ``data``; the length of the first frame over the limit, if any."""
+        pos, end = 0, len(data)
+        while pos < end:
+            if self.skip:
+                step = min(self.skip, end - pos)
+                self.skip -= step
+                pos += step
+                continue
+            take = min(9 - len(self.header), end - pos)
+            self.header += data[pos : pos + take]
+            pos += take
+            if len(self.header) == 9:
+                length = int.from_bytes(self.header[:3], "big")
+                self.header.clear()
+                if length > _MAX_INBOUND_FRAME:
+                    return length
+                self.skip = length
+        return None
+
+
 class _GuardedProcessor(EventsProcessor):
     """grpclib's HTTP/2 event processor, hardened.
 
@@ -380,6 +420,7 @@ class _TrackedProtocol(asyncio.Protocol):
         self._live = live
         self.transport: asyncio.BaseTransport | None = None
         self.idle_since: float | None = None
+        self._frames = _FrameLengthGuard()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -393,6 +434,13 @@ class _TrackedProtocol(asyncio.Protocol):
         self._guard("connection_made", self._inner.connection_made, proxy)
 
     def data_received(self, data: bytes) -> None:
+        length = self._frames.oversized(data)
+        if length is not None:
+            _faults.warning(
+                "frame-size", "closing a gRPC connection: a %d-byte HTTP/2 frame", length
+            )
+            self.abort()
+            return
         self._guard("data_received", self._inner.data_received, data)
 
     def eof_received(self) -> bool | None:
