@@ -677,7 +677,7 @@ def _listen(path: Path) -> tuple[socket.socket, ServingSocket]:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(os.fspath(path))
-        sock.listen(128)
+        sock.listen(socket.SOMAXCONN)
         sock.setblocking(False)
         st = path.lstat()
     except OSError as exc:
