@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import inspect
 import logging
 import os
 import random
@@ -534,34 +535,44 @@ def run_fd_exhaustion(scale: Scale) -> dict[str, Any]:
 # --- peers' rows, table, verdict --------------------------------------------------------------
 
 
-async def _peer_rows() -> list[dict[str, Any]]:
+async def _peer_rows(fast: bool) -> list[dict[str, Any]]:
+    """Rows from ``bench/fuzz_peers.py`` (another area's attacks), if that module exists.
+
+    Its functions are called without arguments, or with ``fast=`` if they accept it.
+    """
     path = REPO / "bench" / "fuzz_peers.py"
     if not path.exists():
         return []
-    spec = importlib.util.spec_from_file_location("fuzz_peers", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     rows: list[dict[str, Any]] = []
+
+    def broken(name: str, exc: BaseException) -> dict[str, Any]:
+        return {
+            "target": name,
+            "attack": "(harness)",
+            "alive": False,
+            "latency_ms": None,
+            "rss_delta_mb": 0.0,
+            "fd_delta": 0,
+            "note": f"{type(exc).__name__}: {exc}",
+        }
+
+    try:
+        spec = importlib.util.spec_from_file_location("fuzz_peers", path)
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        return [broken("fuzz_peers", exc)]
     for name in ("run_nri_attacks", "run_kube_attacks"):
-        fn: Callable[[], Awaitable[list[dict[str, Any]]]] | None = getattr(module, name, None)
+        fn: Callable[..., Awaitable[list[dict[str, Any]]]] | None = getattr(module, name, None)
         if fn is None:
             continue
+        kwargs = {"fast": fast} if "fast" in inspect.signature(fn).parameters else {}
         try:
-            rows.extend(await fn())
+            rows.extend(await fn(**kwargs))
         except Exception as exc:
-            rows.append(
-                {
-                    "target": name,
-                    "attack": "(harness)",
-                    "alive": False,
-                    "latency_ms": None,
-                    "rss_delta_mb": 0.0,
-                    "fd_delta": 0,
-                    "note": f"{type(exc).__name__}: {exc}",
-                }
-            )
+            rows.append(broken(name, exc))
     return rows
 
 
@@ -620,7 +631,7 @@ def main() -> int:
         log = srv.log_text()
         crashed = srv.proc.poll()
     rows.append(run_fd_exhaustion(scale))
-    rows.extend(trio.run(_peer_rows))
+    rows.extend(trio.run(_peer_rows, args.fast))
     print_table(rows)
     lines = log.count("\n")
     print(
