@@ -18,9 +18,12 @@ import grpclib.const
 import grpclib.exceptions
 from grpclib.encoding.base import CodecBase
 
+from dracpu.kubelet.ratelog import RateLimitedLog
 from dracpu.protowire import MalformedMessageError, parse_strict
 
 _log = logging.getLogger(__name__)
+# One line per bad request, but at most one per message type every 10 s (with a count).
+_warn = RateLimitedLog(_log)
 
 # grpc-go's default maximum receive message size.
 DEFAULT_MAX_RECEIVE_MESSAGE_BYTES = 4 * 1024 * 1024
@@ -41,8 +44,12 @@ class StrictProtoCodec(CodecBase):
 
     def decode(self, data: bytes, message_type: Any) -> Any:
         if len(data) > self._max:
-            _log.warning(
-                "refused a %d-byte %s (limit %d)", len(data), message_type.__name__, self._max
+            _warn.warning(
+                f"size:{message_type.__name__}",
+                "refused a %d-byte %s (limit %d)",
+                len(data),
+                message_type.__name__,
+                self._max,
             )
             raise grpclib.exceptions.GRPCError(
                 grpclib.const.Status.RESOURCE_EXHAUSTED,
@@ -51,7 +58,7 @@ class StrictProtoCodec(CodecBase):
         try:
             return parse_strict(message_type, data)
         except MalformedMessageError as exc:
-            _log.warning("rejected a request: %s", exc)
+            _warn.warning(f"malformed:{message_type.__name__}", "rejected a request: %s", exc)
             raise grpclib.exceptions.GRPCError(
                 grpclib.const.Status.INVALID_ARGUMENT, str(exc)
             ) from None

@@ -22,7 +22,6 @@ import contextlib
 import errno
 import functools
 import logging
-import math
 import os
 import socket
 import stat
@@ -42,6 +41,7 @@ from dracpu.errors import InvalidValueError
 from dracpu.kubelet.aio_bridge import current_loop, run_asyncio
 from dracpu.kubelet.codec import DEFAULT_MAX_RECEIVE_MESSAGE_BYTES, StrictProtoCodec
 from dracpu.kubelet.errors import KubeletSocketError
+from dracpu.kubelet.ratelog import RateLimitedLog
 
 _log = logging.getLogger(__name__)
 
@@ -131,28 +131,7 @@ class GrpcLimits:
             raise InvalidValueError("every gRPC limit must be positive", value=self)
 
 
-class _RateLimitedLog:
-    """Logs a warning per key at most once per ``period`` seconds, counting the ones it drops,
-    so a peer that repeats a fault cannot flood the log."""
-
-    def __init__(self, period: float = 10.0) -> None:
-        self._period = period
-        self._last: dict[str, tuple[float, int]] = {}
-
-    def warning(self, key: str, msg: str, *args: object) -> None:
-        now = time.monotonic()
-        last, dropped = self._last.get(key, (-math.inf, 0))
-        if now - last < self._period:
-            self._last[key] = (last, dropped + 1)
-            return
-        if len(self._last) > 256:
-            self._last.clear()
-        self._last[key] = (now, 0)
-        suffix = f" ({dropped} more like it not logged)" if dropped else ""
-        _log.warning(msg + suffix, *args)
-
-
-_faults = _RateLimitedLog()
+_faults = RateLimitedLog(_log)
 
 
 def _loop_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
