@@ -8,6 +8,7 @@ import 'just/bench.just'
 import 'just/kubelet.just'
 import 'just/nri.just'
 import 'just/kube.just'
+import 'just/fuzz.just'
 
 venv := justfile_directory() / ".venv"
 py := venv / "bin/python"

@@ -29,6 +29,7 @@ from dracpu.nri.errors import ConnectionClosedError, RpcStatusError
 from dracpu.nri.events import DEFAULT_EVENTS, SUBSCRIBABLE, events_of, mask_of, runtime_valid_mask
 from dracpu.nri.handler import NriHandler, RuntimeInfo
 from dracpu.nri.ttrpc import Code
+from dracpu.protowire import MalformedMessageError, parse_strict
 from generated.nri.pkg.api import v1alpha1 as api
 
 REDIAL_BACKOFF = Backoff(initial=0.2, maximum=30.0, jitter=0.5)
@@ -68,9 +69,11 @@ _M = TypeVar("_M", bound=betterproto2.Message)
 
 
 def _decode(kind: type[_M], payload: bytes, method: str) -> _M:
+    """Decode a request strictly (:mod:`dracpu.protowire`): truncated or wrong-typed payloads
+    are refused with INVALID_ARGUMENT instead of decoded leniently."""
     try:
-        return kind.parse(payload)
-    except Exception as exc:
+        return parse_strict(kind, payload)
+    except MalformedMessageError as exc:
         raise RpcStatusError(Code.INVALID_ARGUMENT, f"undecodable {method} request: {exc}") from exc
 
 
