@@ -1,0 +1,943 @@
+"""The node state machine: ``step(state, event) -> (state, effects)`` over frozen data (pure).
+
+One owner in the shell holds the current :class:`NodeState`, feeds it every event (kubelet
+prepare / unprepare, runtime container events, topology changes) one at a time, stores the new
+state and runs the returned effects **in order**. Effects are ordered so that the write-ahead
+checkpoint comes first, then CDI files, then container updates, then the reply. Every effect is
+replay-safe (writing the same checkpoint, CDI spec or cpuset twice is harmless), so a shell that
+is cancelled half-way may simply run the effects again.
+
+Preparation, per device mode:
+
+- **grouped** (numanode / socket / machine): each allocation result's consumed ``dra.cpu/cpu``
+  goes to :func:`dracpu.core.allocator.allocate` over the device's CPUs minus the CPUs other
+  claims hold, the reserved CPUs and what earlier results of the same claim took; several
+  results give the union. A ``cpuConfig.cpuset`` in the request's opaque config is used as
+  given instead, after upstream's validation: size equal to the consumed capacity, every CPU
+  online, inside the device, not reserved, not held by another claim or an earlier result.
+  ``cpuConfig`` allocator options override the daemon's defaults.
+- **individual**: each result's device (``cpudevNNN``) maps to its CPU through the published
+  device list. The mapping is stored with the claim, so it does not move while the claim is
+  held, whatever happens to the published list afterwards.
+
+Prepare is idempotent: a claim UID already prepared gets the same CPUs (when its allocation
+results are the same). Unprepare of an unknown UID succeeds. Every failure is per claim, with a
+message naming the claim and the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dracpu.core.allocator import AllocationOptions, allocate
+from dracpu.core.cdi import ENV_PREFIX, CpusetEnvError, cdi_device_id, env_entry, parse_env
+from dracpu.core.claims import Claim, ClaimRef, DeviceResult
+from dracpu.core.cpuset import CpuSet
+from dracpu.core.names import DRIVER_NAME as DRIVER
+from dracpu.core.pinning import (
+    ContainerInfo,
+    ContainerKind,
+    ContainerUpdate,
+    Exclusive,
+    Owner,
+    PodInfo,
+    Rejected,
+    Shared,
+    decide,
+    shared_pool,
+    shared_updates,
+)
+from dracpu.core.slices import DeviceMode, GroupBy, SliceOptions, cpu_devices
+from dracpu.core.topology import Topology
+from dracpu.errors import AllocationError, CpuSetParseError, InvalidValueError
+
+__all__ = [
+    "AdjustContainer",
+    "ClaimFailed",
+    "ClaimPrepared",
+    "ClaimUnprepared",
+    "ContainerCreated",
+    "ContainerInfo",
+    "ContainerKind",
+    "ContainerRemoved",
+    "ContainerUpdating",
+    "DeviceCpus",
+    "Effect",
+    "Event",
+    "KnownContainer",
+    "NodeConfig",
+    "NodeState",
+    "PodInfo",
+    "Prepare",
+    "PrepareOutcome",
+    "PreparedClaim",
+    "RejectContainer",
+    "RemoveCdiSpec",
+    "ReplyPrepare",
+    "ReplySynchronize",
+    "ReplyUnprepare",
+    "ReplyUpdate",
+    "ReportOfflineClaims",
+    "RepublishSlices",
+    "RuntimeSynchronized",
+    "TopologyChanged",
+    "Unprepare",
+    "UnprepareOutcome",
+    "UpdateContainers",
+    "WriteCdiSpec",
+    "WriteCheckpoint",
+    "WriteClaimStatus",
+    "claim_status_devices",
+    "restore",
+    "snapshot",
+    "step",
+]
+
+
+# --- state -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """The daemon's fixed settings: pool (= node name), device mode, reserved CPUs, defaults."""
+
+    pool: str
+    mode: DeviceMode = DeviceMode.GROUPED
+    group_by: GroupBy = GroupBy.NUMANODE
+    reserved: CpuSet = CpuSet()  # noqa: RUF009 (immutable value)
+    defaults: AllocationOptions = AllocationOptions()  # noqa: RUF009 (immutable value)
+    driver: str = DRIVER
+
+    def slice_options(self, *, expose_pcie_roots: bool = False) -> SliceOptions:
+        """The slice model's options for the same node."""
+        return SliceOptions(
+            node_name=self.pool,
+            reserved=self.reserved,
+            mode=self.mode,
+            group_by=self.group_by,
+            expose_pcie_roots=expose_pcie_roots,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceCpus:
+    """The CPUs one allocation result of a claim got."""
+
+    request: str
+    pool: str
+    device: str
+    cpus: CpuSet
+    share_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedClaim:
+    """A claim prepared on this node: its CPUs and, per allocation result, which ones.
+
+    ``adopted`` claims were taken over from a running container's env at Synchronize (a node
+    that ran the upstream driver, or a lost checkpoint); their ``devices`` are unknown (empty).
+    """
+
+    ref: ClaimRef
+    cpus: CpuSet
+    devices: tuple[DeviceCpus, ...] = ()
+    adopted: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class KnownContainer:
+    """A container the policy placed: its claims (empty = shared) and assigned cpuset."""
+
+    info: ContainerInfo
+    claims: tuple[str, ...]
+    cpus: CpuSet
+
+    @property
+    def exclusive(self) -> bool:
+        """True when the container is pinned to claims' CPUs."""
+        return bool(self.claims)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeState:
+    """Everything the node agent decides from. Never mutated; ``step`` returns a new one.
+
+    ``devices`` maps each published device name to its CPUs (from topology, mode and reserved
+    CPUs); ``held`` is the union of every prepared claim's CPUs; ``owners`` maps a claim UID to
+    its one consumer. Containers are not checkpointed: the runtime's Synchronize rebuilds them.
+    """
+
+    topology: Topology
+    config: NodeConfig
+    devices: Mapping[str, CpuSet]
+    claims: Mapping[str, PreparedClaim] = field(default_factory=dict)
+    containers: Mapping[str, KnownContainer] = field(default_factory=dict)
+    owners: Mapping[str, Owner] = field(default_factory=dict)
+    held: CpuSet = CpuSet()  # noqa: RUF009 (immutable value)
+
+    @classmethod
+    def initial(
+        cls,
+        topology: Topology,
+        config: NodeConfig,
+        claims: Iterable[PreparedClaim] = (),
+    ) -> NodeState:
+        """A state with no containers, holding ``claims`` (e.g. from a checkpoint).
+
+        Raises :class:`InvalidValueError` when two claims share a CPU.
+        """
+        by_uid: dict[str, PreparedClaim] = {}
+        held = CpuSet()
+        for claim in claims:
+            overlap = claim.cpus & held
+            if overlap:
+                raise InvalidValueError(
+                    f"claim {claim.ref} holds CPUs {overlap} that another claim holds too",
+                    value=str(claim.cpus),
+                )
+            by_uid[claim.ref.uid] = claim
+            held = held | claim.cpus
+        return cls(
+            topology=topology,
+            config=config,
+            devices=_devices(topology, config),
+            claims=by_uid,
+            held=held,
+        )
+
+    @property
+    def allocatable(self) -> CpuSet:
+        """Online CPUs that claims may get: online minus reserved."""
+        return self.topology.online - self.config.reserved
+
+    @property
+    def free(self) -> CpuSet:
+        """Allocatable CPUs no claim holds."""
+        return self.allocatable - self.held
+
+    @property
+    def shared_pool(self) -> CpuSet:
+        """Where shared containers run (see :mod:`dracpu.core.pinning`)."""
+        return shared_pool(self)
+
+    def holder_of(self, cpus: CpuSet) -> PreparedClaim | None:
+        """A prepared claim holding any of ``cpus``, or None."""
+        if cpus.isdisjoint(self.held):
+            return None
+        for claim in self.claims.values():
+            if not claim.cpus.isdisjoint(cpus):
+                return claim
+        return None
+
+
+def _devices(topology: Topology, config: NodeConfig) -> dict[str, CpuSet]:
+    return {d.name: d.cpus for d in cpu_devices(topology, config.slice_options())}
+
+
+# --- events ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Prepare:
+    """A kubelet NodePrepareResources batch.
+
+    ``claims`` is what the kubelet asked for; ``fetched`` maps each UID to the parsed claim from
+    the API (:func:`dracpu.core.claims.parse_claim`) or to the message of why it could not be
+    fetched or parsed. A UID missing from ``fetched`` fails with "claim not found".
+    """
+
+    claims: tuple[ClaimRef, ...]
+    fetched: Mapping[str, Claim | str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Unprepare:
+    """A kubelet NodeUnprepareResources batch."""
+
+    claims: tuple[ClaimRef, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerCreated:
+    """The runtime is creating a container and waits for our answer (NRI CreateContainer)."""
+
+    container: ContainerInfo
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerRemoved:
+    """A container stopped or was removed; unknown IDs are ignored."""
+
+    container_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerUpdating:
+    """The kubelet asks the runtime to change a container's resources (NRI UpdateContainer);
+    our reply re-asserts the cpuset the policy assigned, overriding the CRI's.
+    """
+
+    container: ContainerInfo
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeSynchronized:
+    """The runtime's full list of containers after (re)connecting (NRI Synchronize)."""
+
+    containers: tuple[ContainerInfo, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TopologyChanged:
+    """CPUs went on- or offline (or the machine was re-read)."""
+
+    topology: Topology
+
+
+Event = (
+    Prepare
+    | Unprepare
+    | ContainerCreated
+    | ContainerRemoved
+    | RuntimeSynchronized
+    | TopologyChanged
+)
+
+
+# --- per-claim outcomes ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimPrepared:
+    """The claim is prepared with these CPUs; ``cdi_device_ids`` go to the kubelet."""
+
+    claim: PreparedClaim
+    cdi_device_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimUnprepared:
+    """The claim is no longer prepared (or never was)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimFailed:
+    """The claim could not be (un)prepared; ``error`` names the claim and the reason."""
+
+    error: str
+
+
+PrepareOutcome = ClaimPrepared | ClaimFailed
+UnprepareOutcome = ClaimUnprepared | ClaimFailed
+
+
+# --- effects -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WriteCheckpoint:
+    """Durably persist ``snapshot(state)`` before any later effect and before the reply."""
+
+    state: NodeState
+
+
+@dataclass(frozen=True, slots=True)
+class WriteCdiSpec:
+    """Write (atomically, overwriting) the CDI spec of a claim: ``cdi_spec(claim_uid, cpus)``.
+
+    ``env`` is the spec's one env entry, for logs.
+    """
+
+    claim_uid: str
+    cpus: CpuSet
+    env: str
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveCdiSpec:
+    """Remove a claim's CDI spec; a missing file is fine."""
+
+    claim_uid: str
+
+
+@dataclass(frozen=True, slots=True)
+class WriteClaimStatus:
+    """Publish the claim's CPUs in ``status.devices[]`` (best effort; may run after the reply).
+
+    ``devices`` is :func:`claim_status_devices` of the claim.
+    """
+
+    claim: ClaimRef
+    devices: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateContainers:
+    """Set other containers' cpusets, outside any runtime request (NRI UpdateContainers)."""
+
+    updates: tuple[ContainerUpdate, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RepublishSlices:
+    """The published devices changed: publish slices for the state's topology again."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReportOfflineClaims:
+    """Claims hold CPUs that are now offline; they keep them (nothing is moved). Log / health."""
+
+    offline: tuple[tuple[ClaimRef, CpuSet], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyPrepare:
+    """The answer to a Prepare: one outcome per requested claim UID."""
+
+    results: Mapping[str, PrepareOutcome]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyUnprepare:
+    """The answer to an Unprepare: one outcome per requested claim UID."""
+
+    results: Mapping[str, UnprepareOutcome]
+
+
+@dataclass(frozen=True, slots=True)
+class AdjustContainer:
+    """The answer to ContainerCreated: its cpuset, plus updates of other containers that go in
+    the same response (shared containers shrinking off a new exclusive container's CPUs).
+    """
+
+    container_id: str
+    cpus: CpuSet
+    updates: tuple[ContainerUpdate, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RejectContainer:
+    """The answer to ContainerCreated: fail the creation with ``reason``."""
+
+    container_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReplySynchronize:
+    """The answer to RuntimeSynchronized (updates re-asserting every pin and the pool) and to
+    ContainerUpdating (the container's own cpuset; empty: leave it alone). Both NRI responses
+    are a list of container updates.
+    """
+
+    updates: tuple[ContainerUpdate, ...]
+
+
+ReplyUpdate = ReplySynchronize
+"""The answer to ContainerUpdating: the same type as :class:`ReplySynchronize`."""
+
+
+Effect = (
+    WriteCheckpoint
+    | WriteCdiSpec
+    | RemoveCdiSpec
+    | WriteClaimStatus
+    | UpdateContainers
+    | RepublishSlices
+    | ReportOfflineClaims
+    | ReplyPrepare
+    | ReplyUnprepare
+    | AdjustContainer
+    | RejectContainer
+    | ReplySynchronize
+)
+
+
+# --- the transition function -------------------------------------------------------------------
+
+
+def step(state: NodeState, event: Event) -> tuple[NodeState, tuple[Effect, ...]]:
+    """Apply one event; return the new state and the effects to run, in order.
+
+    Pure and total: bad input becomes a per-claim failure or a rejection, never an exception.
+    """
+    if isinstance(event, Prepare):
+        return _prepare(state, event)
+    if isinstance(event, Unprepare):
+        return _unprepare(state, event)
+    if isinstance(event, ContainerCreated):
+        return _container_created(state, event.container)
+    if isinstance(event, ContainerUpdating):
+        return _container_updating(state, event.container)
+    if isinstance(event, ContainerRemoved):
+        return _container_removed(state, event.container_id)
+    if isinstance(event, RuntimeSynchronized):
+        return _synchronized(state, event.containers)
+    return _topology_changed(state, event.topology)
+
+
+def claim_status_devices(claim: PreparedClaim, driver: str = DRIVER) -> tuple[dict[str, Any], ...]:
+    """``status.devices[]`` entries showing each device's CPUs (``data.cpuset``) and the claim's
+    (``data.claimCpuset``); keyed by driver, pool, device and shareID as the API requires.
+    """
+    entries = []
+    whole = str(claim.cpus)
+    for device in claim.devices:
+        entry: dict[str, Any] = {"driver": driver, "pool": device.pool, "device": device.device}
+        if device.share_id:
+            entry["shareID"] = device.share_id
+        mine = whole if device.cpus == claim.cpus else str(device.cpus)
+        entry["data"] = {"cpuset": mine, "claimCpuset": whole}
+        entries.append(entry)
+    return tuple(entries)
+
+
+def _cdi_ids(uid: str) -> tuple[str, ...]:
+    return (cdi_device_id(uid),)
+
+
+def _same_results(prepared: PreparedClaim, results: tuple[DeviceResult, ...]) -> bool:
+    if prepared.adopted:
+        return True
+    have = sorted((d.request, d.pool, d.device, d.share_id or "") for d in prepared.devices)
+    want = sorted((r.request, r.pool, r.device, r.share_id or "") for r in results)
+    return have == want
+
+
+def _prepare(state: NodeState, event: Prepare) -> tuple[NodeState, tuple[Effect, ...]]:
+    claims = dict(state.claims)
+    held = state.held
+    results: dict[str, PrepareOutcome] = {}
+    new: list[PreparedClaim] = []
+    ready: list[PreparedClaim] = []
+    for ref in event.claims:
+        fetched = event.fetched.get(ref.uid)
+        if fetched is None:
+            results[ref.uid] = ClaimFailed(f"ResourceClaim {ref}: not found")
+            continue
+        if isinstance(fetched, str):
+            results[ref.uid] = ClaimFailed(fetched)
+            continue
+        if fetched.uid != ref.uid or (fetched.namespace, fetched.name) != (ref.namespace, ref.name):
+            results[ref.uid] = ClaimFailed(
+                f"ResourceClaim {ref.namespace}/{ref.name}: the API has "
+                f"{fetched.namespace}/{fetched.name} with uid {fetched.uid}, not {ref.uid}; "
+                "the claim was replaced"
+            )
+            continue
+        existing = claims.get(ref.uid)
+        if existing is not None:
+            if not _same_results(existing, fetched.results):
+                results[ref.uid] = ClaimFailed(
+                    f"ResourceClaim {ref}: already prepared with devices "
+                    f"{', '.join(d.device for d in existing.devices)} (CPUs {existing.cpus}); "
+                    f"the allocation now names "
+                    f"{', '.join(r.device for r in fetched.results) or 'none'}"
+                )
+                continue
+            if existing.adopted:
+                # The kubelet names a claim adopted from a running container: keep its CPUs,
+                # learn its name and, for a single result, which device holds them.
+                named = dataclasses.replace(existing, ref=ref)
+                if len(fetched.results) == 1:
+                    (only,) = fetched.results
+                    device = DeviceCpus(
+                        only.request, only.pool, only.device, existing.cpus, only.share_id
+                    )
+                    named = dataclasses.replace(named, devices=(device,), adopted=False)
+                if named != existing:
+                    existing = named
+                    claims[ref.uid] = existing
+                    new.append(existing)
+            ready.append(existing)
+            results[ref.uid] = ClaimPrepared(existing, _cdi_ids(ref.uid) if existing.cpus else ())
+            continue
+        try:
+            prepared = _assign(state, claims, held, fetched)
+        except (AllocationError, InvalidValueError) as exc:
+            results[ref.uid] = ClaimFailed(str(exc))
+            continue
+        if not prepared.cpus:
+            # No result of our driver: nothing to hold, nothing to inject (as upstream).
+            results[ref.uid] = ClaimPrepared(prepared)
+            continue
+        claims[ref.uid] = prepared
+        held = held | prepared.cpus
+        new.append(prepared)
+        ready.append(prepared)
+        results[ref.uid] = ClaimPrepared(prepared, _cdi_ids(ref.uid))
+    after = dataclasses.replace(state, claims=claims, held=held) if new else state
+    effects: list[Effect] = []
+    if new:
+        effects.append(WriteCheckpoint(after))
+    for claim in ready:
+        effects.append(
+            WriteCdiSpec(claim.ref.uid, claim.cpus, env_entry(claim.ref.uid, claim.cpus))
+        )
+    for claim in new:
+        if claim.devices:
+            effects.append(
+                WriteClaimStatus(claim.ref, claim_status_devices(claim, state.config.driver))
+            )
+    effects.append(ReplyPrepare(results))
+    return after, tuple(effects)
+
+
+def _assign(
+    state: NodeState, claims: Mapping[str, PreparedClaim], held: CpuSet, claim: Claim
+) -> PreparedClaim:
+    """The CPUs of a claim not yet prepared; raises AllocationError / InvalidValueError."""
+    label = f"ResourceClaim {claim.ref}"
+    taken = CpuSet()
+    devices: list[DeviceCpus] = []
+    individual = state.config.mode is DeviceMode.INDIVIDUAL
+    for result in claim.results:
+        where = f"{label} request {result.request!r} device {result.device}"
+        device_cpus = state.devices.get(result.device)
+        if device_cpus is None:
+            raise InvalidValueError(
+                f"{where}: stale allocation: no such device is published on this node "
+                f"({state.config.mode} mode"
+                + ("" if individual else f", {state.config.group_by}")
+                + ")",
+                value=result.device,
+            )
+        unavailable = held | taken
+        if individual:
+            cpus = device_cpus
+            if not cpus <= state.topology.online:
+                raise InvalidValueError(f"{where}: CPU {cpus} is offline", value=result.device)
+            if not cpus.isdisjoint(unavailable):
+                raise InvalidValueError(
+                    f"{where}: stale allocation: CPU {cpus} is already held by "
+                    + _holder_text(claims, cpus, taken),
+                    value=result.device,
+                )
+        else:
+            cpus = _grouped(state, claims, result, device_cpus, unavailable, taken, where)
+        taken = taken | cpus
+        devices.append(
+            DeviceCpus(result.request, result.pool, result.device, cpus, result.share_id)
+        )
+    return PreparedClaim(ref=claim.ref, cpus=taken, devices=tuple(devices))
+
+
+def _holder_text(claims: Mapping[str, PreparedClaim], cpus: CpuSet, taken: CpuSet) -> str:
+    if not cpus.isdisjoint(taken):
+        return "an earlier device of the same claim"
+    for holder in claims.values():
+        if not holder.cpus.isdisjoint(cpus):
+            return f"claim {holder.ref}"
+    return "another claim"
+
+
+def _grouped(
+    state: NodeState,
+    claims: Mapping[str, PreparedClaim],
+    result: DeviceResult,
+    device_cpus: CpuSet,
+    unavailable: CpuSet,
+    taken: CpuSet,
+    where: str,
+) -> CpuSet:
+    count = result.cpus
+    if count is None:
+        raise InvalidValueError(
+            f"{where}: consumed capacity dra.cpu/cpu is missing", value=result.device
+        )
+    wanted = result.config.cpuset
+    if wanted is not None:
+        if len(wanted) != count:
+            raise InvalidValueError(
+                f"{where}: opaque cpuset {wanted} has {len(wanted)} CPUs but the consumed "
+                f"capacity is {count}",
+                value=str(wanted),
+            )
+        offline = wanted - state.topology.online
+        if offline:
+            raise InvalidValueError(
+                f"{where}: opaque cpuset {wanted} contains offline CPUs {offline}",
+                value=str(wanted),
+            )
+        reserved = wanted & state.config.reserved
+        if reserved:
+            raise InvalidValueError(
+                f"{where}: opaque cpuset {wanted} contains reserved CPUs {reserved}",
+                value=str(wanted),
+            )
+        outside = wanted - device_cpus
+        if outside:
+            raise InvalidValueError(
+                f"{where}: opaque cpuset {wanted} has CPUs {outside} outside the device "
+                f"({device_cpus})",
+                value=str(wanted),
+            )
+        clash = wanted & unavailable
+        if clash:
+            raise InvalidValueError(
+                f"{where}: opaque cpuset {wanted} has CPUs {clash} already held by "
+                + _holder_text(claims, clash, taken),
+                value=str(wanted),
+            )
+        return wanted
+    available = (device_cpus & state.topology.online) - unavailable - state.config.reserved
+    options = result.config.options(state.config.defaults)
+    try:
+        return allocate(state.topology, available, count, options)
+    except AllocationError as exc:
+        raise AllocationError(f"{where}: {exc}") from exc
+
+
+def _unprepare(state: NodeState, event: Unprepare) -> tuple[NodeState, tuple[Effect, ...]]:
+    claims = dict(state.claims)
+    owners = dict(state.owners)
+    held = state.held
+    results: dict[str, UnprepareOutcome] = {}
+    gone: list[str] = []
+    for ref in event.claims:
+        results[ref.uid] = ClaimUnprepared()
+        claim = claims.pop(ref.uid, None)
+        owners.pop(ref.uid, None)
+        gone.append(ref.uid)
+        if claim is not None:
+            held = held - claim.cpus
+    changed = len(claims) != len(state.claims)
+    after = state
+    if changed:
+        # Containers still pinned to a released claim (the kubelet unprepares after the pod's
+        # containers stopped, so normally none) fall back to the shared pool.
+        containers = {
+            cid: (
+                known
+                if all(uid in claims for uid in known.claims)
+                else dataclasses.replace(known, claims=(), cpus=CpuSet())
+            )
+            for cid, known in state.containers.items()
+        }
+        after = dataclasses.replace(
+            state, claims=claims, owners=owners, held=held, containers=containers
+        )
+    effects: list[Effect] = []
+    if changed:
+        effects.append(WriteCheckpoint(after))
+    # Removing the spec of a claim we do not know is harmless and clears leftovers.
+    effects.extend(RemoveCdiSpec(uid) for uid in gone)
+    if changed and (updates := shared_updates(after)):
+        effects.append(UpdateContainers(updates))
+        after = _record_updates(after, updates)
+    effects.append(ReplyUnprepare(results))
+    return after, tuple(effects)
+
+
+def _record_updates(state: NodeState, updates: Iterable[ContainerUpdate]) -> NodeState:
+    containers = dict(state.containers)
+    for update in updates:
+        known = containers.get(update.container_id)
+        if known is not None:
+            containers[update.container_id] = dataclasses.replace(known, cpus=update.cpus)
+    return dataclasses.replace(state, containers=containers)
+
+
+def _container_created(
+    state: NodeState, container: ContainerInfo
+) -> tuple[NodeState, tuple[Effect, ...]]:
+    decision = decide(state, container)
+    if isinstance(decision, Rejected):
+        return state, (RejectContainer(container.id, decision.reason),)
+    containers = dict(state.containers)
+    if isinstance(decision, Shared):
+        containers[container.id] = KnownContainer(container, (), decision.cpus)
+        after = dataclasses.replace(state, containers=containers)
+        return after, (AdjustContainer(container.id, decision.cpus),)
+    assert isinstance(decision, Exclusive)
+    owners = dict(state.owners)
+    for uid in decision.claims:
+        owners[uid] = Owner(container.pod.uid, container.name, container.kind)
+    containers[container.id] = KnownContainer(container, decision.claims, decision.cpus)
+    after = dataclasses.replace(state, containers=containers, owners=owners)
+    updates = shared_updates(after, exclude=container.id)
+    after = _record_updates(after, updates)
+    return after, (AdjustContainer(container.id, decision.cpus, updates),)
+
+
+def _container_updating(
+    state: NodeState, container: ContainerInfo
+) -> tuple[NodeState, tuple[Effect, ...]]:
+    known = state.containers.get(container.id)
+    if known is not None:
+        return state, (ReplyUpdate((ContainerUpdate(container.id, known.cpus),)),)
+    # Not seen before (created while we were away): place it as a creation would, quietly.
+    after, effects = _container_created(state, container)
+    reply = effects[0]
+    if isinstance(reply, AdjustContainer):
+        own = ContainerUpdate(container.id, reply.cpus)
+        return after, (ReplyUpdate((own, *reply.updates)),)
+    return state, (ReplyUpdate(()),)
+
+
+def _container_removed(state: NodeState, container_id: str) -> tuple[NodeState, tuple[Effect, ...]]:
+    if container_id not in state.containers:
+        return state, ()
+    containers = dict(state.containers)
+    del containers[container_id]
+    # The claim stays prepared and owned (a restarted container gets it back): the pool only
+    # widens at unprepare.
+    return dataclasses.replace(state, containers=containers), ()
+
+
+def _synchronized(
+    state: NodeState, containers: tuple[ContainerInfo, ...]
+) -> tuple[NodeState, tuple[Effect, ...]]:
+    claims = dict(state.claims)
+    held = state.held
+    adopted: list[PreparedClaim] = []
+    # Adopt claims that running containers carry but the state lacks, when their CPUs are free.
+    for container in containers:
+        try:
+            wanted = parse_env(container.env)
+        except CpusetEnvError:
+            continue
+        for uid, cpus in sorted(wanted.items()):
+            if uid in claims:
+                continue
+            if cpus <= (state.allocatable - held):
+                claim = PreparedClaim(ClaimRef("", "", uid), cpus, (), adopted=True)
+                claims[uid] = claim
+                held = held | cpus
+                adopted.append(claim)
+    base = dataclasses.replace(state, claims=claims, held=held, containers={}, owners={})
+    # Known owners of claims with no running container stay (a stopped container restarts).
+    owners = {uid: o for uid, o in state.owners.items() if uid in claims}
+    base = dataclasses.replace(base, owners=owners)
+    known: dict[str, KnownContainer] = {}
+    updates: list[ContainerUpdate] = []
+    current = base
+    # Exclusive containers first, so ownership is settled before shared ones are placed.
+    ordered = sorted(containers, key=lambda c: (not _has_claim_env(c), c.pod.uid, c.name, c.id))
+    for container in ordered:
+        decision = decide(current, container)
+        if isinstance(decision, Exclusive):
+            for uid in decision.claims:
+                owners[uid] = Owner(container.pod.uid, container.name, container.kind)
+            known[container.id] = KnownContainer(container, decision.claims, decision.cpus)
+        else:
+            # Shared, or rejected (forged env, second consumer): it runs on the pool.
+            pool = shared_pool(current)
+            known[container.id] = KnownContainer(container, (), pool)
+        cpus = known[container.id].cpus
+        if container.cpus != cpus and cpus:
+            updates.append(ContainerUpdate(container.id, cpus))
+        current = dataclasses.replace(current, containers=dict(known), owners=dict(owners))
+    effects: list[Effect] = []
+    if adopted:
+        effects.append(WriteCheckpoint(current))
+        for claim in adopted:
+            effects.append(
+                WriteCdiSpec(claim.ref.uid, claim.cpus, env_entry(claim.ref.uid, claim.cpus))
+            )
+    effects.append(ReplySynchronize(tuple(updates)))
+    return current, tuple(effects)
+
+
+def _has_claim_env(container: ContainerInfo) -> bool:
+    return any(e.startswith(ENV_PREFIX) for e in container.env)
+
+
+def _topology_changed(state: NodeState, topology: Topology) -> tuple[NodeState, tuple[Effect, ...]]:
+    devices = _devices(topology, state.config)
+    after = dataclasses.replace(state, topology=topology, devices=devices)
+    effects: list[Effect] = []
+    offline = tuple(
+        (claim.ref, claim.cpus - topology.online)
+        for _, claim in sorted(state.claims.items())
+        if not claim.cpus <= topology.online
+    )
+    if offline:
+        effects.append(ReportOfflineClaims(offline))
+    if devices != dict(state.devices):
+        effects.append(RepublishSlices("the CPU topology changed"))
+    updates = shared_updates(after)
+    if updates:
+        effects.append(UpdateContainers(updates))
+        after = _record_updates(after, updates)
+    return after, tuple(effects)
+
+
+# --- checkpoint payload ------------------------------------------------------------------------
+
+
+def snapshot(state: NodeState) -> dict[str, Any]:
+    """The JSON-ready payload a checkpoint stores: the prepared claims (containers are not
+    stored; the runtime's Synchronize rebuilds them). The shell adds versioning and a checksum.
+    """
+    return {
+        "pool": state.config.pool,
+        "mode": str(state.config.mode),
+        "groupBy": str(state.config.group_by),
+        "reserved": str(state.config.reserved),
+        "claims": [
+            {
+                "uid": c.ref.uid,
+                "namespace": c.ref.namespace,
+                "name": c.ref.name,
+                "cpus": str(c.cpus),
+                "adopted": c.adopted,
+                "devices": [
+                    {
+                        "request": d.request,
+                        "pool": d.pool,
+                        "device": d.device,
+                        "cpus": str(d.cpus),
+                        **({"shareID": d.share_id} if d.share_id else {}),
+                    }
+                    for d in c.devices
+                ],
+            }
+            for _, c in sorted(state.claims.items())
+        ],
+    }
+
+
+def restore(payload: Mapping[str, Any], topology: Topology, config: NodeConfig) -> NodeState:
+    """The state a :func:`snapshot` payload describes, on ``topology`` with ``config``.
+
+    Raises :class:`InvalidValueError` naming the bad entry when the payload is malformed or two
+    claims share a CPU. Claims on CPUs now offline are kept (see ``TopologyChanged``).
+    """
+    origin = "checkpoint"
+    raw = payload.get("claims")
+    if not isinstance(raw, list):
+        raise InvalidValueError("'claims' is not a list", value=raw, origin=origin)
+    claims: list[PreparedClaim] = []
+    for index, entry in enumerate(raw):
+        where = f"{origin} claims[{index}]"
+        try:
+            devices = tuple(
+                DeviceCpus(
+                    request=str(d["request"]),
+                    pool=str(d["pool"]),
+                    device=str(d["device"]),
+                    cpus=CpuSet.parse(str(d["cpus"]), origin=where),
+                    share_id=str(d["shareID"]) if d.get("shareID") else None,
+                )
+                for d in entry.get("devices", [])
+            )
+            claim = PreparedClaim(
+                ref=ClaimRef(str(entry["namespace"]), str(entry["name"]), str(entry["uid"])),
+                cpus=CpuSet.parse(str(entry["cpus"]), origin=where),
+                devices=devices,
+                adopted=bool(entry.get("adopted", False)),
+            )
+        except CpuSetParseError:
+            raise
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise InvalidValueError(
+                f"malformed claim entry ({exc!r})", value=entry, origin=where
+            ) from exc
+        claims.append(claim)
+    return NodeState.initial(topology, config, claims)
