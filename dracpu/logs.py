@@ -20,10 +20,11 @@ import json
 import logging
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import IO, Any
 
-__all__ = ["LogFormat", "RepeatFilter", "V", "configure_logging", "fields"]
+__all__ = ["LogFormat", "RecentLines", "RepeatFilter", "V", "configure_logging", "fields"]
 
 _FIELDS = "dracpu_fields"
 
@@ -118,22 +119,49 @@ class RepeatFilter(logging.Filter):
         return True
 
 
+class RecentLines(logging.Handler):
+    """The last ``size`` formatted lines in memory, for ``/logs`` and ``dracpu gather``."""
+
+    def __init__(self, size: int = 2000) -> None:
+        super().__init__()
+        self._lines: deque[str] = deque(maxlen=size)
+        self.setFormatter(_TextFormatter())
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._lines.append(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+    def text(self) -> str:
+        """The kept lines, oldest first, newline-terminated."""
+        return "".join(f"{line}\n" for line in list(self._lines))
+
+
 def configure_logging(
-    verbosity: int = 0, fmt: LogFormat = LogFormat.TEXT, stream: IO[str] | None = None
+    verbosity: int = 0,
+    fmt: LogFormat = LogFormat.TEXT,
+    stream: IO[str] | None = None,
+    recent: RecentLines | None = None,
 ) -> logging.Handler:
     """Route every ``dracpu`` (and library) log line to ``stream`` (stderr) in ``fmt``.
 
-    Returns the installed handler so callers (tests, ``dracpu gather``) can remove it again.
-    Replaces a handler installed by an earlier call, so calling twice does not double lines.
+    ``recent``, when given, also keeps the last lines in memory (after the same repeat
+    thinning). Returns the installed stream handler so callers (tests) can remove it again.
+    Replaces handlers installed by an earlier call, so calling twice does not double lines.
     """
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(_JsonFormatter() if fmt is LogFormat.JSON else _TextFormatter())
     handler.addFilter(RepeatFilter())
     handler.set_name("dracpu")
     root = logging.getLogger()
-    for old in [h for h in root.handlers if h.get_name() == "dracpu"]:
+    for old in [h for h in root.handlers if h.get_name() in ("dracpu", "dracpu-recent")]:
         root.removeHandler(old)
     root.addHandler(handler)
+    if recent is not None:
+        recent.set_name("dracpu-recent")
+        recent.addFilter(RepeatFilter())
+        root.addHandler(recent)
     root.setLevel(V(verbosity))
     for noisy in ("hpack", "h2", "httpcore", "hypercorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,14 +1,15 @@
-"""The operator's HTTP endpoint: ``/healthz``, ``/readyz``, ``/metrics`` and ``/status``.
+"""The operator's HTTP endpoint: ``/healthz``, ``/readyz``, ``/metrics``, ``/status``, ``/logs``.
 
 Served by hypercorn's trio worker inside the daemon's nursery, on ``--bind-address`` (upstream's
-default ``:8080``). The ASGI application here only routes four GET paths to the callables the
+default ``:8080``). The ASGI application here only routes five GET paths to the callables the
 daemon passes in, so it needs no web framework:
 
 - ``/healthz``: 200 ``ok`` when every :class:`HealthPart` is healthy, otherwise 503 with one line
   per failing part (``kubelet-registration: not registered``), so a probe's event names it;
 - ``/readyz``: the same rule over the parts marked ``for_readiness``;
 - ``/metrics``: the Prometheus text exposition of :class:`~dracpu.ops.metrics.DriverMetrics`;
-- ``/status``: the JSON document ``dracpu status`` prints.
+- ``/status``: the JSON document ``dracpu status`` prints;
+- ``/logs``: the last log lines kept in memory (for ``dracpu gather``).
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class Endpoint:
     health: Callable[[], Sequence[HealthPart]]
     metrics: DriverMetrics
     status: Callable[[], Mapping[str, Any]]
+    recent_logs: Callable[[], str] | None = None
+    """``/logs``: the daemon's last log lines (``dracpu.logs.RecentLines.text``)."""
 
 
 def parse_bind_address(text: str, *, origin: str = "--bind-address") -> str:
@@ -92,6 +95,8 @@ class _App:
         if path == "/status":
             body = json.dumps(ep.status(), indent=2, sort_keys=True).encode() + b"\n"
             return 200, body, b"application/json"
+        if path == "/logs" and ep.recent_logs is not None:
+            return 200, ep.recent_logs().encode(), b"text/plain; charset=utf-8"
         return 404, b"not found\n", b"text/plain; charset=utf-8"
 
     async def __call__(
