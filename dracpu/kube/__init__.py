@@ -1,7 +1,7 @@
 """The Kubernetes API boundary: client, watch, ResourceSlice publisher and claim cache.
 
 Everything that talks to the API server lives here; the pure planning of slice writes is in
-:mod:`dracpu.kube.slice_diff` (no I/O). See docs/dev/kubernetes-api.md for the calls made, the
+:mod:`dracpu.core.slice_plan` (pure core). See docs/dev/kubernetes-api.md for the calls made, the
 RBAC they need and the retry rules.
 """
 

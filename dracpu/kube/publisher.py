@@ -3,7 +3,7 @@
 :class:`SlicePublisher` runs two tasks: a :class:`~dracpu.kube.watch.Reflector` that lists and
 watches the slices with field selectors ``spec.nodeName=<node>,spec.driver=<driver>``, and a
 reconcile loop that, whenever the watch reports a change or :meth:`SlicePublisher.set_desired`
-gives new specs, asks :func:`~dracpu.kube.slice_diff.plan_slices` for the difference and writes
+gives new specs, asks :func:`~dracpu.core.slice_plan.plan_slices` for the difference and writes
 it (deletes, then updates, then creates). The loop coalesces bursts (``settle`` seconds, e.g. the
 kubelet deleting all slices at once), so a wipe is repaired within well under a second of the
 watch event, and it sends nothing while nothing changes.
@@ -33,17 +33,7 @@ import trio
 
 from dracpu import DRIVER_NAME
 from dracpu.backoff import Backoff
-from dracpu.errors import InvalidValueError, KubeApiError
-from dracpu.kube.client import JSON, KubeClient
-from dracpu.kube.errors import (
-    AlreadyExistsError,
-    ApiUnreachableError,
-    ConflictError,
-    InvalidError,
-    NotFoundError,
-)
-from dracpu.kube.resources import NODES, RESOURCE_SLICES
-from dracpu.kube.slice_diff import (
+from dracpu.core.slice_plan import (
     SliceDelete,
     SlicePlan,
     SliceWrite,
@@ -54,6 +44,16 @@ from dracpu.kube.slice_diff import (
     missing_gates,
     plan_slices,
 )
+from dracpu.errors import InvalidValueError, KubeApiError
+from dracpu.kube.client import JSON, KubeClient
+from dracpu.kube.errors import (
+    AlreadyExistsError,
+    ApiUnreachableError,
+    ConflictError,
+    InvalidError,
+    NotFoundError,
+)
+from dracpu.kube.resources import NODES, RESOURCE_SLICES
 from dracpu.kube.watch import Change, Reflector
 
 __all__ = ["PublisherHealth", "SlicePublisher"]

@@ -22,6 +22,7 @@ import betterproto2
 import trio
 
 from dracpu.backoff import Backoff
+from dracpu.core.names import DRIVER_NAME
 from dracpu.errors import InvalidValueError, ProtocolError
 from dracpu.nri.connection import MuxConnection
 from dracpu.nri.errors import ConnectionClosedError, RpcStatusError
@@ -114,7 +115,7 @@ class NriPlugin:
         self,
         handler: NriHandler,
         *,
-        name: str = "dra.cpu",
+        name: str = DRIVER_NAME,
         index: str = "90",
         socket_path: str = DEFAULT_SOCKET_PATH,
         events: Collection[api.Event] = DEFAULT_EVENTS,

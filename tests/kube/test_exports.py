@@ -15,7 +15,6 @@ MODULES = [
     "errors",
     "publisher",
     "resources",
-    "slice_diff",
     "watch",
 ]
 
