@@ -60,6 +60,23 @@ class SliceOptions:
     mode: DeviceMode = DeviceMode.GROUPED
     group_by: GroupBy = GroupBy.NUMANODE
     expose_pcie_roots: bool = False
+    node_allocatable_mapping: bool = False
+    """KEP-5517 (upstream's ``publishNodeAllocatableResourceMapping``): each device says how
+    its allocation maps onto the node's ``cpu`` allocatable, so the scheduler does not count a
+    claimed CPU twice. Needs the ``DRANodeAllocatableResources`` gate (1.37: alpha)."""
+
+
+def node_allocatable(mode: DeviceMode) -> Json:
+    """A device's ``nodeAllocatableResources`` (resource.k8s.io/v1 in 1.37), as upstream maps it.
+
+    Grouped devices count what the claim consumed of ``dra.cpu/cpu``; individual devices count
+    one CPU per allocated device.
+    """
+    if mode is DeviceMode.GROUPED:
+        mapping: Json = {"capacityKey": CPU_CAPACITY, "capacityMultiplier": "1"}
+    else:
+        mapping = {"deviceMultiplier": "1"}
+    return {"cpu": {"mapping": mapping}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +117,9 @@ def build_devices(topology: Topology, options: SliceOptions) -> list[Json]:
         built = [_individual(topology, d, options) for d in devices]
     else:
         built = [_grouped(topology, d, options) for d in devices]
+    if options.node_allocatable_mapping:
+        for device in built:
+            device["nodeAllocatableResources"] = node_allocatable(options.mode)
     for device in built:
         n = len(device.get("attributes", {})) + len(device.get("capacity", {}))
         if n > MAX_ATTRIBUTES_AND_CAPACITIES:

@@ -293,3 +293,23 @@ def test_local_memory_of_memoryless_nodes_is_the_nearest_memory_node() -> None:
     devices = build_slice_specs(topo, SliceOptions("n"))[0]["devices"]
     assert [d["attributes"]["dra.cpu/localMemory"]["int"] for d in devices] == [1, 1, 3, 3]
     assert [d["attributes"]["dra.cpu/numaNodeID"]["int"] for d in devices] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("mode", "mapping"),
+    [
+        (DeviceMode.GROUPED, {"capacityKey": "dra.cpu/cpu", "capacityMultiplier": "1"}),
+        (DeviceMode.INDIVIDUAL, {"deviceMultiplier": "1"}),
+    ],
+    ids=["grouped", "individual"],
+)
+def test_node_allocatable_mapping_when_enabled(
+    shared_dir: Path, mode: DeviceMode, mapping: dict[str, str]
+) -> None:
+    topo = capture(shared_dir, "desktop")
+    on = build_slice_specs(topo, SliceOptions("n1", mode=mode, node_allocatable_mapping=True))
+    off = build_slice_specs(topo, SliceOptions("n1", mode=mode))
+    devices = [d for spec in on for d in spec["devices"]]
+    assert devices
+    assert all(d["nodeAllocatableResources"] == {"cpu": {"mapping": mapping}} for d in devices)
+    assert not any("nodeAllocatableResources" in d for spec in off for d in spec["devices"])
