@@ -9,6 +9,7 @@ import 'just/kubelet.just'
 import 'just/nri.just'
 import 'just/kube.just'
 import 'just/fuzz.just'
+import 'just/deploy.just'
 
 venv := justfile_directory() / ".venv"
 py := venv / "bin/python"
