@@ -24,6 +24,15 @@ TEMPLATE_ARGS = [
 ]
 
 
+def build_helm() -> Path:
+    """The helm binary, built by ``hack/tools/build.sh`` when the cache lacks it (minutes)."""
+    done = subprocess.run(
+        [str(REPO_ROOT / "hack/tools/build.sh")], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, f"hack/tools/build.sh failed:\n{done.stderr}"
+    return Path(done.stdout.strip()) / "helm"
+
+
 @dataclass(frozen=True)
 class Chart:
     """The chart plus the helm binary that renders and lints it."""
@@ -34,6 +43,10 @@ class Chart:
         return subprocess.run(
             [str(self.helm), *args], capture_output=True, text=True, check=False, timeout=120
         )
+
+    def template_args(self, *sets: str) -> list[str]:
+        """``helm template`` arguments for the chart with ``--set`` for each of ``sets``."""
+        return [*TEMPLATE_ARGS, *(a for s in sets for a in ("--set", s))]
 
     def render(self, *sets: str) -> list[dict[str, Any]]:
         """The rendered objects, with ``--set`` for each of ``sets``; fails on a helm error."""
