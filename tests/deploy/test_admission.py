@@ -75,6 +75,7 @@ GOOD = [
         v1(fullPCPUsOnly=True, distributeAcrossNUMA=False, strategy="spread"), id="dracpu-options"
     ),
     pytest.param(v1(cpuset="0-3", strategy="packed"), id="cpuset-and-strategy"),
+    pytest.param(v1(fullPCPUsOnly=None, strategy=None), id="null-options-are-absent"),
 ]
 
 BAD = [
@@ -132,7 +133,14 @@ BAD = [
     pytest.param(
         v1(strategy="random"), 'cpuConfig.strategy: must be "packed" or "spread"', id="strategy"
     ),
+    pytest.param(
+        v1(strategy=3), 'cpuConfig.strategy: must be "packed" or "spread"', id="strategy-int"
+    ),
 ]
+
+
+# Refused at admission, like upstream's cpuset parser, though dracpu's parser would take them.
+STRICTER_THAN_DAEMON = {"space"}
 
 
 @pytest.mark.parametrize("params", GOOD)
@@ -294,3 +302,20 @@ def test_service_account_user_follows_release_and_namespace(chart: Chart) -> Non
     policy = find(objects, "ValidatingAdmissionPolicy", "cpu-driver-slice-node")
     condition = policy["spec"]["matchConditions"][0]["expression"]
     assert '"system:serviceaccount:kube-system:cpu-driver"' in condition
+
+
+def test_policy_and_daemon_parser_agree() -> None:
+    """What admission accepts the daemon's parser accepts, and what the parser refuses
+    admission refuses (so bad configs fail at create, not at pod start)."""
+    claims = pytest.importorskip(
+        "dracpu.core.claims", reason="the daemon's claim parser is not on this branch yet"
+    )
+    for good in GOOD:
+        claims.parse_cpu_config(good.values[0], claim="default/c")
+    for bad in BAD:
+        params = bad.values[0]
+        if bad.id in STRICTER_THAN_DAEMON:
+            claims.parse_cpu_config(params, claim="default/c")
+            continue
+        with pytest.raises(claims.ClaimError):
+            claims.parse_cpu_config(params, claim="default/c")
