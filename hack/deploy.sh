@@ -8,9 +8,10 @@
 #   2. the rig, when it is up (/var/lib/dracpu-rig/admin.kubeconfig): the image goes into its
 #      containerd (namespace k8s.io) and the chart gets the rig's paths and an explicit API
 #      endpoint (the rig has no kube-proxy, so pods cannot use the kubernetes Service);
-#   3. kind, when installed: a cluster `dracpu` from deploy/kind.yaml is created if missing
-#      and the image loaded with `kind load image-archive`;
-#   4. ~/.kube/config.
+#   3. ~/.kube/config when its cluster answers;
+#   4. else kind, when installed: a cluster `dracpu` from deploy/kind.yaml is created if
+#      missing (kubeconfig ~/.cache/dracpu/kind.kubeconfig) and the image loaded with
+#      `kind load image-archive`.
 # DRACPU_IMAGE_ARCHIVE skips the build and uses that archive.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,16 +30,24 @@ if [ -n "${KUBECONFIG:-}" ]; then
 elif [ -d "$RIG_STATE" ] && [ -s "$RIG_KUBECONFIG" ]; then
     target=rig
     export KUBECONFIG="$RIG_KUBECONFIG"
-elif command -v kind >/dev/null 2>&1; then
-    target=kind
-    export KUBECONFIG="${DRACPU_KIND_KUBECONFIG:-$HOME/.cache/dracpu/kind.kubeconfig}"
 else
-    target=kubeconfig
     export KUBECONFIG="$HOME/.kube/config"
+    target=kubeconfig
+    if command -v kind >/dev/null 2>&1 && ! "$helm" list -n "$namespace" -q >/dev/null 2>&1; then
+        target=kind
+        export KUBECONFIG="${DRACPU_KIND_KUBECONFIG:-$HOME/.cache/dracpu/kind.kubeconfig}"
+    fi
 fi
 log "target: $target (KUBECONFIG=$KUBECONFIG)"
 
+reachable() { "$helm" list -n "$namespace" -q >/dev/null 2>&1; }
+unreachable() {
+    log "cluster of $KUBECONFIG unreachable: $("$helm" list -n "$namespace" -q 2>&1 | tail -1)"
+    exit 1
+}
+
 if [ "$action" = undeploy ]; then
+    reachable || unreachable
     if "$helm" status "$release" -n "$namespace" >/dev/null 2>&1; then
         "$helm" uninstall "$release" -n "$namespace" --wait --timeout 2m
     else
@@ -47,6 +56,8 @@ if [ "$action" = undeploy ]; then
     exit 0
 fi
 [ "$action" = deploy ] || { log "unknown action $action"; exit 2; }
+# Fail before the image build when the cluster is not there (kind creates its own below).
+[ "$target" = kind ] || reachable || unreachable
 
 archive="${DRACPU_IMAGE_ARCHIVE:-}"
 if [ -z "$archive" ]; then archive="$(hack/image/build.sh)"; fi
