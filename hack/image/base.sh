@@ -22,7 +22,10 @@ echo "image: mmdebstrap $suite minbase + python3 -> $image (about a minute)" >&2
 tar="$(mktemp --suffix=.tar)"
 trap 'rm -f "$tar"' EXIT
 # Docs, man pages and locales are dropped: nothing in the image reads them.
+# merged-usr hook: the /usr merge done by mmdebstrap itself, not by the usrmerge package
+# (which pulls in perl, about 50 MB).
 mmdebstrap --quiet --variant=minbase --include=python3 \
+    --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
     --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
     --dpkgopt='path-exclude=/usr/share/info/*' \
