@@ -5,6 +5,7 @@
 #   DRACPU_IMAGE        image name        (default localhost/dracpu:<pyproject version>)
 #   DRACPU_BASE_IMAGE   base image        (default the local Debian base; any Python 3.11+ image works)
 #   DRACPU_IMAGE_DIR    archive directory (default ~/.cache/dracpu/image)
+#   DRACPU_IMAGE_NO_CACHE=1  build without the layer cache
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml | head -1)
@@ -18,7 +19,9 @@ echo "image: podman build $image on $base" >&2
 # The host's CA bundle goes in as a build secret (used for PyPI, never stored in a layer).
 ca="${SSL_CERT_FILE:-/etc/ssl/certs/ca-certificates.crt}"
 [ -s "$ca" ] || ca=/dev/null
-podman build --quiet --network host --pull=never --build-arg "BASE=$base" \
+nocache=()
+[ "${DRACPU_IMAGE_NO_CACHE:-0}" = 1 ] && nocache=(--no-cache)
+podman build --quiet --network host --pull=never --build-arg "BASE=$base" "${nocache[@]}" \
     --secret "id=ca-bundle,src=$ca" \
     -f Containerfile -t "$image" . >/dev/null
 t1=$(date +%s)
