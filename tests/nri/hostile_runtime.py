@@ -11,7 +11,7 @@ import struct
 
 import trio
 
-from generated.ttrpc import Request
+from generated.ttrpc import Request, Response
 
 MUX = struct.Struct(">II")
 TTRPC = struct.Struct(">IIBB")
@@ -66,3 +66,29 @@ async def read_until_eof(stream: trio.abc.Stream) -> int:
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     return total
+
+
+async def answer_registration(stream: trio.abc.Stream) -> None:
+    """Read the plugin's first call on conn 2 (RegisterPlugin) and answer it OK, so the plugin
+    keeps the session open and the attack that follows meets its timeouts, not registration's."""
+    raw = bytearray()
+    conn2 = bytearray()
+    while True:
+        while len(raw) >= MUX.size:
+            conn_id, length = MUX.unpack_from(raw)
+            if len(raw) < MUX.size + length:
+                break
+            if conn_id == 2:
+                conn2 += raw[MUX.size : MUX.size + length]
+            del raw[: MUX.size + length]
+        if len(conn2) >= TTRPC.size:
+            length, stream_id, _, _ = TTRPC.unpack_from(conn2)
+            if len(conn2) >= TTRPC.size + length:
+                body = bytes(Response())
+                message = TTRPC.pack(len(body), stream_id, 2, 0) + body
+                await stream.send_all(MUX.pack(2, len(message)) + message)
+                return
+        data = await stream.receive_some(1 << 16)
+        if not data:
+            raise trio.BrokenResourceError("plugin closed before registering")
+        raw += data
