@@ -74,6 +74,7 @@ class RetryLoop:
 
     * the first failure of a streak (a run of failures ended by a success) is logged at
       ``level`` (WARNING unless the caller says otherwise), with the delay before the next try;
+    * a failure more severe than any shown in the streak is logged at once, like a first one;
     * repeats within the streak are logged at that level at most once per ``repeat_every``
       seconds, an interval that doubles each time up to ``repeat_max``, saying how many failures
       it covers; all others go to DEBUG. So no line repeats forever at a visible level;
@@ -108,6 +109,7 @@ class RetryLoop:
         self._interval = repeat_every
         self._suppressed = 0
         self._shown = False
+        self._shown_level = logging.NOTSET
 
     @property
     def schedule(self) -> Backoff:
@@ -145,8 +147,9 @@ class RetryLoop:
         if retry_now:
             self.log.debug("%s failed: %s; retrying at once", self.what, error)
             return 0.0
-        if not self._shown:
+        if not self._shown or level > self._shown_level:
             self._shown = True
+            self._shown_level = level
             self._interval = self._repeat_every
             self._next_visible = now + self._interval
             self._suppressed = 0
@@ -180,6 +183,7 @@ class RetryLoop:
         if self._shown:
             self.log.info("%s recovered after %d failure(s)", self.what, self.failures)
         self._shown = False
+        self._shown_level = logging.NOTSET
         self.failures = 0
         self.last_error = None
         self.counter.reset()

@@ -85,3 +85,17 @@ def test_retry_now_failures_are_quiet_but_count(caplog: pytest.LogCaptureFixture
     assert [r.levelname for r in caplog.records] == ["WARNING"]
     loop.succeeded()
     assert loop.failures == 0
+
+
+def test_a_worse_failure_is_shown_at_once(caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("dracpu.test.retry3")
+    caplog.set_level(logging.INFO, logger="dracpu.test.retry3")
+    loop = RetryLoop("p", Backoff(), logger, clock=lambda: 0)
+    loop.failed("raced", level=logging.INFO)
+    loop.failed("raced", level=logging.INFO)
+    loop.failed("unreachable")
+    loop.failed("unreachable")
+    assert [(r.levelname, r.getMessage().split(";")[0]) for r in caplog.records] == [
+        ("INFO", "p failed: raced"),
+        ("WARNING", "p failed: unreachable"),
+    ]

@@ -15,6 +15,7 @@ MODULES = [
     "errors",
     "publisher",
     "resources",
+    "shape",
     "slice_diff",
     "watch",
 ]
