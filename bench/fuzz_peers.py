@@ -20,7 +20,8 @@ the attack and after recovery. Run alone it prints a table::
 
     python bench/fuzz_peers.py [--nri-only | --kube-only] [--fast]
 
-``--fast`` shortens the NRI timeouts (1 s instead of 10 s) for a quick run.
+``--fast`` (``fast=True``, as ``bench/fuzz.py --fast`` passes it) shortens the NRI timeouts to
+1 s, floods 10,000 requests and runs each API attack for 1 s.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ class _LostReasons(logging.Handler):
             self.reasons.append(text)
 
 
-async def _attack_flood(stream: trio.SocketStream) -> str:
+async def _attack_flood(stream: trio.SocketStream, count: int = 60_000) -> str:
     start = time.monotonic()
     peak = rss_mb()
 
@@ -130,10 +131,11 @@ async def _attack_flood(stream: trio.SocketStream) -> str:
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sample)
-        sent = await flood_without_reading(stream, 60_000)
+        sent = await flood_without_reading(stream, count)
         await trio.sleep(2.0)  # whatever the plugin holds for the flood, it holds it now
         nursery.cancel_scope.cancel()
-    return f"60,000 refused requests unread: {sent >> 10} KiB taken in {time.monotonic() - start:.1f} s, peak RSS {peak:.0f} MiB"  # noqa: E501
+    took = time.monotonic() - start
+    return f"{count:,} refused requests unread: {sent >> 10} KiB taken in {took:.1f} s, peak RSS {peak:.0f} MiB"  # noqa: E501
 
 
 async def _attack_partial(stream: trio.SocketStream) -> str:
@@ -227,9 +229,13 @@ NRI_ATTACKS: list[tuple[str, Callable[[trio.SocketStream], Awaitable[str]]]] = [
 ]
 
 
-async def run_nri_attacks(*, timeouts: float = 10.0) -> list[Row]:
+async def run_nri_attacks(*, fast: bool = False, timeouts: float | None = None) -> list[Row]:
     """Each NRI attack against one in-process NriPlugin; ``timeouts`` sets its frame and write
-    timeouts (seconds). Cancellation: stops the plugin and the hostile runtime."""
+    timeouts (seconds; default 10, 1 when ``fast``). ``fast`` also floods 10,000 requests
+    instead of 60,000. Cancellation: stops the plugin and the hostile runtime."""
+    if timeouts is None:
+        timeouts = 1.0 if fast else 10.0
+    flood = 10_000 if fast else 60_000
     rows: list[Row] = []
     tmp = tempfile.mkdtemp(prefix="fuzz-nri-", dir="/tmp")
     path = str(Path(tmp) / "nri.sock")
@@ -264,7 +270,9 @@ async def run_nri_attacks(*, timeouts: float = 10.0) -> list[Row]:
                 with trio.move_on_after(3 * timeouts + 30):
                     try:
                         await answer_registration(stream)
-                        note = await fn(stream)
+                        note = await (
+                            _attack_flood(stream, flood) if fn is _attack_flood else fn(stream)
+                        )
                     except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                         note = f"hostile side: {exc}"
                 await trio.aclose_forcefully(stream)
@@ -349,11 +357,13 @@ KUBE_ATTACKS: list[tuple[str, Script, float]] = [
 ]
 
 
-async def run_kube_attacks() -> list[Row]:
+async def run_kube_attacks(*, fast: bool = False) -> list[Row]:
     """Each API-server attack against an in-process Reflector + KubeClient (default settings:
-    backoff, minimum watch lifetime, size caps). Cancellation: stops both sides."""
+    backoff, minimum watch lifetime, size caps); ``fast`` shortens each attack to 1 s.
+    Cancellation: stops both sides."""
     rows: list[Row] = []
-    for attack, script, seconds in KUBE_ATTACKS:
+    for attack, script, full_seconds in KUBE_ATTACKS:
+        seconds = 1.0 if fast else full_seconds
         good = GoodApi()
         current: list[Script] = [script]
 
@@ -423,9 +433,9 @@ def print_table(rows: list[Row]) -> None:
 async def _main(args: argparse.Namespace) -> None:
     rows: list[Row] = []
     if not args.kube_only:
-        rows += await run_nri_attacks(timeouts=1.0 if args.fast else 10.0)
+        rows += await run_nri_attacks(fast=args.fast)
     if not args.nri_only:
-        rows += await run_kube_attacks()
+        rows += await run_kube_attacks(fast=args.fast)
     print_table(rows)
 
 

@@ -106,8 +106,8 @@ class HttpPeer:
 
 
 class GoodApi:
-    """A well-behaved API for one resource: lists ``items``, watches send a bookmark per
-    ``bookmark_every`` seconds and stay open until the client leaves."""
+    """A well-behaved API for one resource: lists ``items``; a watch sends each item as ADDED,
+    then a bookmark per ``bookmark_every`` seconds, and stays open until the client leaves."""
 
     def __init__(self, items: list[dict[str, Any]] | None = None, rv: str = "10") -> None:
         self.items = items if items is not None else [{"metadata": {"name": "a"}}]
@@ -117,6 +117,8 @@ class GoodApi:
     async def __call__(self, request: HttpRequest, stream: trio.SocketStream) -> None:
         if request.is_watch:
             await send_head(stream)
+            for item in self.items:  # as if just created: a resumed watch learns them too
+                await stream.send_all(event_line("ADDED", item))
             while True:
                 await stream.send_all(bookmark(self.rv))
                 await trio.sleep(self.bookmark_every)
