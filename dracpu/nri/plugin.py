@@ -6,7 +6,8 @@ clamped to what the runtime knows, accumulate chunked Synchronize requests (``mo
 hand the full state to the handler once, then dispatch events until the socket closes. The
 runtime never reconnects to a plugin, so :meth:`NriPlugin.run` redials with bounded exponential
 backoff with jitter and re-registers with the same name and index; the new Synchronize is the
-full resync.
+full resync. Redials are logged by the rule of :class:`dracpu.backoff.RetryLoop`; a completed
+Synchronize ends the failure streak.
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from typing import TypeVar
 import betterproto2
 import trio
 
-from dracpu.backoff import Backoff
+from dracpu.backoff import Backoff, RetryLoop
 from dracpu.core.names import DRIVER_NAME
 from dracpu.errors import InvalidValueError, ProtocolError
-from dracpu.nri.connection import MuxConnection
+from dracpu.nri.connection import FRAME_TIMEOUT, WRITE_TIMEOUT, MuxConnection
 from dracpu.nri.errors import ConnectionClosedError, RpcStatusError
 from dracpu.nri.events import DEFAULT_EVENTS, SUBSCRIBABLE, events_of, mask_of, runtime_valid_mask
 from dracpu.nri.handler import NriHandler, RuntimeInfo
@@ -112,6 +113,7 @@ class NriPlugin:
     both). ``events`` is the desired subscription; Configure clamps it to the runtime's events.
     ``dial`` opens the socket (default: the unix socket at ``socket_path``); tests pass an
     in-memory stream factory. ``backoff`` paces redials (``rng`` seeds its jitter in tests).
+    ``frame_timeout``/``write_timeout`` bound a stalled runtime (see :class:`MuxConnection`).
     """
 
     def __init__(
@@ -125,6 +127,8 @@ class NriPlugin:
         dial: Dialer | None = None,
         backoff: Backoff | None = None,
         rng: random.Random | None = None,
+        frame_timeout: float = FRAME_TIMEOUT,
+        write_timeout: float = WRITE_TIMEOUT,
     ) -> None:
         if not _NAME.match(name):
             raise InvalidValueError(
@@ -149,7 +153,14 @@ class NriPlugin:
         self._socket_path = socket_path
         self._events = frozenset(events)
         self._dial: Dialer = dial if dial is not None else self._dial_unix
-        self._backoff = (backoff if backoff is not None else REDIAL_BACKOFF).counter(rng)
+        self._retry = RetryLoop(
+            f"NRI connection to {socket_path}",
+            backoff if backoff is not None else REDIAL_BACKOFF,
+            log,
+            rng=rng,
+        )
+        self._frame_timeout = frame_timeout
+        self._write_timeout = write_timeout
         self._session: _Session | None = None
         self._sessions_synchronized = 0
 
@@ -194,18 +205,18 @@ class NriPlugin:
             try:
                 stream = await self._dial()
             except OSError as exc:
-                delay = self._backoff.next_delay()
-                log.warning(
-                    "NRI: cannot connect to %s (%s); retrying in %.2f s",
-                    self._socket_path,
-                    exc,
-                    delay,
-                )
-                await trio.sleep(delay)
+                await trio.sleep(self._retry.failed(f"cannot connect: {exc}"))
                 continue
             reason = ""
             async with trio.open_nursery() as nursery:
-                session = _Session(MuxConnection(stream, self._serve, name=f"nri {self.name}"))
+                conn = MuxConnection(
+                    stream,
+                    self._serve,
+                    name=f"nri {self.name}",
+                    frame_timeout=self._frame_timeout,
+                    write_timeout=self._write_timeout,
+                )
+                session = _Session(conn)
                 self._session = session
 
                 async def report_ready(session: _Session = session) -> None:
@@ -220,9 +231,7 @@ class NriPlugin:
                 reason = await self._run_session(session)
                 nursery.cancel_scope.cancel()
             self._session = None
-            delay = self._backoff.next_delay()
-            log.warning("NRI: connection lost (%s); reconnecting in %.2f s", reason, delay)
-            await trio.sleep(delay)
+            await trio.sleep(self._retry.failed(f"connection lost: {reason}"))
 
     async def update_containers(
         self,
@@ -398,5 +407,5 @@ class NriPlugin:
         updates = await self._handler.synchronize(pods, containers)
         session.synchronized.set()
         self._sessions_synchronized += 1
-        self._backoff.reset()
+        self._retry.succeeded()
         return bytes(api.SynchronizeResponse(update=list(updates), more=False))

@@ -15,6 +15,7 @@ MODULES = [
     "errors",
     "publisher",
     "resources",
+    "shape",
     "watch",
 ]
 
