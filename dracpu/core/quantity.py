@@ -1,7 +1,8 @@
 """Kubernetes resource quantities (``"256Mi"``, ``"1.5G"``, ``"1e3"``) as exact values.
 
-The memory driver reads quantities from claims (``consumedCapacity``) and writes them into
-slices and CDI env, so it needs both directions, exactly: parsing gives a ``Fraction`` (no
+The one quantity parser of dracpu (claims, slices, memory). The memory driver reads quantities
+from claims (``consumedCapacity``) and writes them into slices and CDI env, so it needs both
+directions, exactly: parsing gives a ``Fraction`` (no
 float rounding), and :func:`format_bytes` prints an integer byte count the way the API server's
 canonical ``BinarySI`` form does (``16777216`` → ``"16Mi"``, ``1536`` → ``"1536"``), which is
 also what upstream ``dra.memory`` writes into its env variables.
@@ -41,15 +42,33 @@ _BINARY = ("", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei")
 _DECIMAL = {0: "", 3: "k", 6: "M", 9: "G", 12: "T", 15: "P", 18: "E"}
 
 
-def parse_quantity(text: str, *, origin: str = "") -> Fraction:
-    """The exact value of a quantity string; ``InvalidValueError`` names it when malformed."""
+_MAX_EXPONENT = 30
+"""``1e400`` would make a huge exact Fraction; no real quantity needs more than this."""
+
+
+def parse_quantity(text: object, *, origin: str = "") -> Fraction:
+    """The exact value of a Kubernetes quantity string (``"4"``, ``"4000m"``, ``"1Ki"``, ``"1e3"``).
+
+    The one quantity parser of dracpu (claims, slices, memory). The syntax is the API server's:
+    no spaces, one suffix or one exponent. Raises :class:`InvalidValueError` naming the text and
+    ``origin``; a non-string (a JSON number where a quantity belongs) is refused too.
+    """
+    if not isinstance(text, str):
+        raise InvalidValueError(
+            f"invalid quantity {text!r}: not a string", value=text, origin=origin
+        )
     m = _QUANTITY.fullmatch(text)
     if m is None:
         raise InvalidValueError(f"invalid quantity {text!r}", value=text, origin=origin)
     number, exponent, suffix = m.groups()
     value = Fraction(number)
     if exponent:
-        value *= Fraction(10) ** int(exponent[1:])
+        power = int(exponent[1:])
+        if abs(power) > _MAX_EXPONENT:
+            raise InvalidValueError(
+                f"invalid quantity {text!r}: out of range", value=text, origin=origin
+            )
+        value *= Fraction(10) ** power
     elif suffix:
         value *= _SUFFIX[suffix]
     return value
