@@ -30,7 +30,7 @@ _JSON_TYPE = {dict: "an object", list: "an array", str: "a string", bool: "a boo
 
 # (path, type) for every field dracpu reads from an object, parents before children; ``[]``
 # means every element of the array. Checked only where present and not null.
-_OBJECT_FIELDS: tuple[tuple[str, type], ...] = (
+_OBJECT_FIELDS: tuple[tuple[str, type | tuple[type, ...]], ...] = (
     ("metadata", dict),
     ("metadata.name", str),
     ("metadata.namespace", str),
@@ -44,9 +44,9 @@ _OBJECT_FIELDS: tuple[tuple[str, type], ...] = (
     ("metadata.ownerReferences[]", dict),
     ("spec", dict),
     ("status", dict),
-    # ResourceSlice
+    # ResourceSlice (spec.devices an array of devices) and ResourceClaim (an object of requests)
     ("spec.pool", dict),
-    ("spec.devices", list),
+    ("spec.devices", (list, dict)),
     ("spec.devices[]", dict),
     # ResourceClaim
     ("status.allocation", dict),
@@ -124,10 +124,11 @@ def decode_json(data: bytes, *, method: str, url: str) -> Any:
     return body
 
 
-def _expect(value: Any, kind: type, where: str, method: str, url: str) -> None:
-    if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+def _expect(value: Any, kind: type | tuple[type, ...], where: str, method: str, url: str) -> None:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (bool not in kinds and isinstance(value, bool)):
         raise BadBodyError(
-            f"is {_type_name(value)}, expected {_JSON_TYPE[kind]}",
+            f"is {_type_name(value)}, expected {' or '.join(_JSON_TYPE[k] for k in kinds)}",
             method=method,
             url=url,
             field=where or "(body)",

@@ -142,3 +142,11 @@ def test_status_objects_keep_their_string_status() -> None:
     assert check_object(status, method="DELETE", url=U) is status
     event = json.loads(json.dumps({"type": "ERROR", "object": status}))
     assert check_watch_event(event, url=U)["object"]["code"] == 410
+
+
+def test_claim_spec_devices_is_an_object() -> None:
+    # ResourceSlice spec.devices is an array of devices; ResourceClaim spec.devices an object.
+    claim = {"metadata": {"name": "c"}, "spec": {"devices": {"requests": [{"name": "req"}]}}}
+    assert check_object(claim, method="GET", url=U) is claim
+    with pytest.raises(BadBodyError, match="expected an array or an object"):
+        check_object({"metadata": {}, "spec": {"devices": "x"}}, method="GET", url=U)
