@@ -2,7 +2,8 @@
 
 ``dracpu inspect`` is the quick look that runs anywhere without a cluster: it reads a sysfs tree
 and prints, as YAML, the topology, the ResourceSlices dracpu would publish, or the CPUs it would
-allocate. Bad flags give a one-line error naming the value and exit with status 2.
+allocate. Bad flags give a one-line error naming the value and exit with status 2. ``dracpu run``
+(the node daemon) and ``dracpu status`` live in :mod:`dracpu.daemon.cli`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from dracpu.core.allocator import AllocationOptions, Strategy, allocate
 from dracpu.core.cpuset import CpuSet
 from dracpu.core.slices import DRIVER, DeviceMode, GroupBy, SliceOptions, build_slice_specs
 from dracpu.core.topology import CoreType, Topology
-from dracpu.errors import AllocationError, CpuSetParseError, DracpuError
+from dracpu.daemon import cli as daemon_cli
+from dracpu.errors import AllocationError, CpuSetParseError, DracpuError, InvalidValueError
 from dracpu.kube.slice_diff import plan_slices
 from dracpu.sysfs import DEFAULT_ROOT, read_topology
 
@@ -96,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     alloc.add_argument("--full-pcpus-only", action="store_true")
     alloc.add_argument("--distribute-across-numa", action="store_true")
     alloc.add_argument("--strategy", choices=[s.value for s in Strategy], default="packed")
+    daemon_cli.add_commands(commands)
     return parser
 
 
@@ -103,12 +106,19 @@ def main(argv: list[str] | None = None) -> int:
     """Run the dracpu command line; returns the process exit status."""
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "run":
+            return daemon_cli.main_run(args)
+        if args.command == "status":
+            return daemon_cli.main_status(args)
         return _inspect(args)
     except BrokenPipeError:
         # The reader went away (``| head``); stop quietly like other Unix tools.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except UsageError as exc:
+        print(f"dracpu: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except InvalidValueError as exc:
         print(f"dracpu: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except AllocationError as exc:

@@ -1,0 +1,1 @@
+"""The node daemon ``dracpu run``: configuration, the state owner, supervision (docs/run.md)."""

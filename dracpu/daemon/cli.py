@@ -1,0 +1,80 @@
+"""The ``dracpu run`` and ``dracpu status`` command lines (wired into :mod:`dracpu.cli`).
+
+``run`` flags default to "not given" so that :func:`dracpu.daemon.config.resolve` can apply the
+precedence flags > file > defaults: only flags actually on the command line override the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from dracpu.daemon.config import FIELDS, RunConfig, resolve
+
+__all__ = ["add_commands", "main_run", "main_status"]
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "1", "yes"):
+        return True
+    if text.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean {text!r}: use true or false")
+
+
+def add_commands(commands: Any) -> None:
+    """Add ``run`` and ``status`` to the ``dracpu`` sub-command set."""
+    run = commands.add_parser("run", help="run the node daemon (kubelet plugin, slices, claims)")
+    run.add_argument("--config", type=Path, metavar="FILE", help="YAML driver config file")
+    defaults = RunConfig()
+    for spec in FIELDS:
+        default = getattr(defaults, spec.attr)
+        help_text = f"{spec.help} (file key {spec.key}; default {default})"
+        if spec.is_bool:
+            # `--flag` alone means true, as with Go's flag package; `--flag=false` also works.
+            run.add_argument(
+                spec.flag,
+                dest=spec.attr,
+                nargs="?",
+                const=True,
+                type=_bool,
+                default=argparse.SUPPRESS,
+                metavar="BOOL",
+                help=help_text,
+            )
+        else:
+            run.add_argument(
+                spec.flag,
+                dest=spec.attr,
+                default=argparse.SUPPRESS,
+                metavar="VALUE",
+                help=help_text,
+            )
+    status = commands.add_parser("status", help="show the node daemon's claims, pool and health")
+    status.add_argument("--state-dir", type=Path, default=defaults.state_dir, metavar="DIR")
+    status.add_argument("--json", action="store_true", help="print the status document as JSON")
+
+
+def main_run(args: argparse.Namespace) -> int:
+    """``dracpu run``: resolve the configuration, then run the daemon until a signal."""
+    from dracpu.daemon import run as daemon_run
+
+    flags = {spec.attr: getattr(args, spec.attr) for spec in FIELDS if hasattr(args, spec.attr)}
+    config = resolve(flags, args.config)
+    return daemon_run.main(config)
+
+
+def main_status(args: argparse.Namespace) -> int:
+    """``dracpu status``: print the daemon's status (exit 0 when up, 3 when down)."""
+    from dracpu.daemon.status import read_status, render_text
+
+    doc = read_status(args.state_dir)
+    if args.json:
+        json.dump(doc, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(render_text(doc))
+    return 0 if doc.get("daemon") == "up" else 3

@@ -1,0 +1,220 @@
+"""The one owner of the node state: applies transitions and runs their effects, in order.
+
+Every event (kubelet prepare/unprepare today; NRI container events and topology changes in
+later issues) reaches :class:`Owner` through one trio memory channel. The owner task takes an
+event, calls the pure :func:`dracpu.core.node.step`, runs the effects and stores the new state,
+all without an ``await`` in between, so no two transitions interleave and a trio cancellation
+cannot stop an effect half-way: the synchronous effects (checkpoint, CDI files) are atomic with
+respect to cancellation by construction. Effects that need the network (claim status) are handed
+to a background writer and are replay-safe.
+
+Write-ahead: ``WriteCheckpoint`` comes first. If it fails, the new state is *not* stored and the
+whole batch fails (the kubelet retries); nothing else ran. If a CDI write fails after the
+checkpoint, the state stays (the checkpoint says the claim is prepared) and that claim fails;
+the kubelet's retry gets the same CPUs and rewrites the spec.
+
+``crash_at`` (tests only, from ``DRACPU_TEST_CRASH_AT``) makes the process exit at once with
+status 86 at an effect boundary: ``after-checkpoint``, ``after-cdi`` or ``before-reply``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+import trio
+
+from dracpu.cdi import CdiDir
+from dracpu.checkpoint import CheckpointStore
+from dracpu.core import node
+from dracpu.errors import DracpuError
+
+__all__ = ["CRASH_EXIT_STATUS", "CRASH_POINTS", "Applied", "EffectTimes", "Owner"]
+
+_log = logging.getLogger(__name__)
+
+CRASH_POINTS = ("after-checkpoint", "after-cdi", "before-reply")
+CRASH_EXIT_STATUS = 86
+
+Reply = (
+    node.ReplyPrepare
+    | node.ReplyUnprepare
+    | node.AdjustContainer
+    | node.RejectContainer
+    | node.ReplySynchronize
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """The outcome of one event: the reply effect (None if the event has none) and, when the
+    checkpoint could not be written, ``error`` (the state was not changed)."""
+
+    reply: Reply | None
+    error: str | None = None
+    effects: tuple[node.Effect, ...] = ()
+
+
+@dataclass(slots=True)
+class EffectTimes:
+    """Cumulative seconds spent per effect kind, and events applied (for bench and status)."""
+
+    events: int = 0
+    checkpoint: float = 0.0
+    cdi: float = 0.0
+    total: float = 0.0
+    checkpoint_writes: int = 0
+    by_kind: dict[str, int] = field(default_factory=dict)
+
+
+class Owner:
+    """Holds the :class:`~dracpu.core.node.NodeState`; see the module docstring.
+
+    ``on_claim_status`` receives ``WriteClaimStatus`` effects (it must not block: the daemon
+    queues them for a writer task); ``on_republish`` is called for ``RepublishSlices`` with the
+    new state; ``on_containers`` receives container updates (the NRI plugin, a later issue).
+    """
+
+    def __init__(
+        self,
+        state: node.NodeState,
+        *,
+        checkpoint: CheckpointStore,
+        cdi: CdiDir,
+        on_claim_status: Callable[[node.WriteClaimStatus], None] = lambda _: None,
+        on_republish: Callable[[node.NodeState], None] = lambda _: None,
+        on_containers: Callable[[node.Effect], None] = lambda _: None,
+        crash_at: str | None = None,
+        queue: int = 64,
+    ) -> None:
+        if crash_at is not None and crash_at not in CRASH_POINTS:
+            raise DracpuError(f"crash point {crash_at!r} is not one of {', '.join(CRASH_POINTS)}")
+        self._state = state
+        self.checkpoint = checkpoint
+        self.cdi = cdi
+        self.on_claim_status = on_claim_status
+        self.on_republish = on_republish
+        self.on_containers = on_containers
+        self.crash_at = crash_at
+        self.times = EffectTimes()
+        self._send, self._receive = trio.open_memory_channel[
+            tuple[node.Event, trio.MemorySendChannel[Applied]]
+        ](queue)
+
+    @property
+    def state(self) -> node.NodeState:
+        """The current state (immutable; safe to read from any task)."""
+        return self._state
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> NoReturn:
+        """Apply events until cancelled.
+
+        Cancellation: only between events. An event taken from the channel is applied with all
+        its synchronous effects before the next checkpoint, so no effect is left half-done.
+        """
+        task_status.started()
+        async for event, reply_to in self._receive:
+            applied = self.apply_now(event)
+            # If the caller was cancelled, the kubelet retries and gets the same answer.
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                reply_to.send_nowait(applied)
+            await trio.lowlevel.checkpoint()
+        raise AssertionError("unreachable: the owner keeps its own send channel open")
+
+    async def apply(self, event: node.Event) -> Applied:
+        """Hand ``event`` to the owner task and wait for the outcome.
+
+        Cancellation: if cancelled after the event was queued, the event is still applied
+        (and its effects run); only the answer is lost. Applying the same prepare or unprepare
+        again is idempotent.
+        """
+        reply_send, reply_receive = trio.open_memory_channel[Applied](1)
+        async with reply_receive:
+            await self._send.send((event, reply_send))
+            return await reply_receive.receive()
+
+    def apply_now(self, event: node.Event) -> Applied:
+        """Apply one event in the calling task (the owner task, or start-up before any server
+        runs). Synchronous: nothing can interleave."""
+        started = time.perf_counter()
+        new, effects = node.step(self._state, event)
+        reply: Reply | None = None
+        cdi_failed: dict[str, str] = {}
+        self.times.events += 1
+        for effect in effects:
+            kind = type(effect).__name__
+            self.times.by_kind[kind] = self.times.by_kind.get(kind, 0) + 1
+            if isinstance(effect, node.WriteCheckpoint):
+                t0 = time.perf_counter()
+                try:
+                    self.checkpoint.write(node.snapshot(effect.state))
+                except DracpuError as exc:
+                    _log.error("state change refused: %s", exc)
+                    return Applied(reply=None, error=f"cannot persist the node state: {exc}")
+                self.times.checkpoint += time.perf_counter() - t0
+                self.times.checkpoint_writes += 1
+                self._state = new  # Durable now: from here on this is the truth.
+                self._crash("after-checkpoint")
+            elif isinstance(effect, node.WriteCdiSpec | node.RemoveCdiSpec):
+                t0 = time.perf_counter()
+                try:
+                    if isinstance(effect, node.WriteCdiSpec):
+                        self.cdi.write(effect.claim_uid, effect.cpus)
+                    else:
+                        self.cdi.remove(effect.claim_uid)
+                except DracpuError as exc:
+                    _log.error("%s", exc)
+                    cdi_failed[effect.claim_uid] = str(exc)
+                self.times.cdi += time.perf_counter() - t0
+            elif isinstance(effect, node.WriteClaimStatus):
+                self.on_claim_status(effect)
+            elif isinstance(effect, node.RepublishSlices):
+                _log.info("republishing slices: %s", effect.reason)
+                self.on_republish(new)
+            elif isinstance(effect, node.ReportOfflineClaims):
+                for ref, cpus in effect.offline:
+                    _log.warning("claim %s holds CPUs %s that are now offline", ref, cpus)
+            elif isinstance(effect, node.UpdateContainers):
+                self.on_containers(effect)
+            else:
+                reply = effect
+        self._state = new
+        if reply is not None:
+            self._crash("after-cdi")
+            reply = _with_cdi_failures(reply, cdi_failed)
+            self._crash("before-reply")
+        self.times.total += time.perf_counter() - started
+        return Applied(reply=reply, effects=effects)
+
+    def _crash(self, point: str) -> None:
+        if self.crash_at == point:
+            _log.critical("test crash point %s reached: exiting now", point)
+            logging.shutdown()
+            os._exit(CRASH_EXIT_STATUS)
+
+
+def _with_cdi_failures(reply: Reply, failed: Mapping[str, str]) -> Reply:
+    """Turn the claims whose CDI file could not be written or removed into failures."""
+    if not failed:
+        return reply
+    if isinstance(reply, node.ReplyPrepare):
+        prepared: dict[str, node.PrepareOutcome] = dict(reply.results)
+        for uid, error in failed.items():
+            if uid in prepared:
+                prepared[uid] = node.ClaimFailed(error)
+        return dataclasses.replace(reply, results=prepared)
+    if isinstance(reply, node.ReplyUnprepare):
+        unprepared: dict[str, node.UnprepareOutcome] = dict(reply.results)
+        for uid, error in failed.items():
+            if uid in unprepared:
+                unprepared[uid] = node.ClaimFailed(error)
+        return dataclasses.replace(reply, results=unprepared)
+    return reply

@@ -1,0 +1,452 @@
+"""``dracpu run``: start-up, the supervised task group, graceful stop.
+
+Start-up, in order, before anything answers:
+
+1. log the effective configuration in one line;
+2. read the topology from ``--sysfs-root``;
+3. load the checkpoint (:mod:`dracpu.checkpoint`). A newer format refuses to start. A corrupt
+   one is logged in one line and kept aside, and the state is rebuilt from the CDI specs on disk
+   (claims adopted by UID; the API's claims fill in their names, and those the API no longer has
+   are released after the grace period);
+4. make the CDI directory match the state (missing specs rewritten, orphans removed).
+
+Then one trio nursery runs the state :class:`~dracpu.daemon.owner.Owner`, the status socket, the
+signal watcher and the supervised group: the kubelet plugin servers, the slice publisher, the
+claim cache, the claim status writer and the restart-recovery task (slots for the NRI plugin and
+the HTTP endpoint of later issues). A failed member cancels and restarts the whole group with
+the shared bounded, jittered backoff, the reason logged. The owner and its state live outside
+the group, so a restart loses nothing.
+
+SIGTERM/SIGINT stop gracefully: the group is cancelled (our sockets are removed; ResourceSlices
+are left for the kubelet to manage; the state is already on disk) and the process exits 0. A
+second signal, or 30 s without finishing, exits at once with status 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+import httpx
+import trio
+
+from dracpu import DRIVER_NAME
+from dracpu.backoff import Backoff
+from dracpu.cdi import CdiDir
+from dracpu.checkpoint import CheckpointStore, CheckpointVersionError
+from dracpu.core import node
+from dracpu.core.claims import ClaimRef
+from dracpu.core.cpuset import CpuSet
+from dracpu.core.slices import build_slice_specs
+from dracpu.core.topology import Topology
+from dracpu.daemon.claim_status import ClaimStatusWriter
+from dracpu.daemon.config import RunConfig, node_name
+from dracpu.daemon.handler import DaemonClaimHandler
+from dracpu.daemon.owner import Owner
+from dracpu.daemon.status import serve_status, status_document
+from dracpu.errors import DracpuError, InvalidValueError
+from dracpu.kube.claims import ClaimCache, allocated_to_node
+from dracpu.kube.client import KubeClient
+from dracpu.kube.config import load_config
+from dracpu.kube.errors import NotFoundError
+from dracpu.kube.publisher import SlicePublisher
+from dracpu.kube.resources import RESOURCE_CLAIMS
+from dracpu.kubelet import (
+    DeviceHealth,
+    Health,
+    HealthBoard,
+    KubeletPluginConfig,
+    RegistrationStatusBoard,
+    serve_kubelet_plugin,
+)
+from dracpu.sysfs import read_topology
+
+__all__ = ["EXIT_FAILED", "STOP_GRACE", "Daemon", "load_state", "main", "run_daemon"]
+
+_log = logging.getLogger("dracpu.daemon")
+
+EXIT_FAILED = 1
+STOP_GRACE = 30.0
+GROUP_BACKOFF = Backoff(initial=1.0, maximum=60.0)
+HEALTHY_RUN = 60.0
+"""A group that ran this long without failing starts its next backoff from the beginning."""
+
+
+def load_state(
+    topology: Topology, config: node.NodeConfig, store: CheckpointStore, cdi: CdiDir
+) -> tuple[node.NodeState, str]:
+    """The state to start from, and how it was obtained ("fresh", "checkpoint", "rebuilt").
+
+    Raises :class:`CheckpointVersionError` for a checkpoint of a newer dracpu.
+    """
+    loaded = store.load()
+    if loaded.status == "loaded":
+        assert loaded.body is not None
+        try:
+            return node.restore(loaded.body, topology, config), "checkpoint"
+        except InvalidValueError as exc:
+            reason = f"checkpoint {store.path}: {exc}"
+            aside = store.path.with_name(f"{store.path.name}.invalid-{int(time.time())}")
+            os.replace(store.path, aside)
+            loaded = dataclasses.replace(loaded, status="corrupt", reason=reason, kept_aside=aside)
+    if loaded.status == "absent" and not cdi.read_all():
+        return node.NodeState.initial(topology, config), "fresh"
+    # Corrupt, or absent while CDI specs exist: rebuild from the specs (adopted claims).
+    claims = []
+    held = CpuSet()
+    for uid, cpus in sorted(cdi.read_all().items()):
+        if cpus is None or not cpus or not cpus.isdisjoint(held) or cpus - topology.online:
+            continue
+        held = held | cpus
+        claims.append(node.PreparedClaim(ref=ClaimRef("", "", uid), cpus=cpus, adopted=True))
+    state = node.NodeState.initial(topology, config, claims)
+    if loaded.status == "corrupt":
+        _log.error(
+            "checkpoint unusable (%s); kept it as %s; rebuilt %d claim(s) from the CDI specs",
+            loaded.reason,
+            loaded.kept_aside,
+            len(claims),
+        )
+    else:
+        _log.warning("no checkpoint but CDI specs found: adopted %d claim(s)", len(claims))
+    store.write(node.snapshot(state))
+    return state, "rebuilt"
+
+
+def device_health(state: node.NodeState) -> list[DeviceHealth]:
+    """The health of every published device: healthy while all its CPUs are online."""
+    online = state.topology.online
+    return [
+        DeviceHealth(
+            pool_name=state.config.pool,
+            device_name=name,
+            health=Health.HEALTHY if cpus <= online else Health.UNHEALTHY,
+            message="" if cpus <= online else f"CPUs {cpus - online} are offline",
+        )
+        for name, cpus in sorted(state.devices.items())
+    ]
+
+
+class _TaskFailed(DracpuError):
+    """A member of the supervised group stopped; names the member."""
+
+
+@dataclass
+class Daemon:
+    """Everything one ``dracpu run`` holds; built by :func:`run_daemon` (tests build it too)."""
+
+    config: RunConfig
+    node_name: str
+    topology: Topology
+    owner: Owner
+    client: KubeClient
+    publisher: SlicePublisher
+    cache: ClaimCache
+    status_writer: ClaimStatusWriter
+    registration: RegistrationStatusBoard = field(default_factory=RegistrationStatusBoard)
+    health: HealthBoard = field(default_factory=HealthBoard)
+    started_at: float = field(default_factory=time.monotonic)
+    start_kind: str = "fresh"
+    restarts: int = 0
+    last_failure: str | None = None
+    released_at_start: tuple[str, ...] = ()
+    recovery_done: bool = False
+    timeline: dict[str, float] = field(default_factory=dict)
+    plugin_config: KubeletPluginConfig | None = None
+
+    def slice_specs(self, state: node.NodeState) -> list[dict[str, Any]]:
+        """The desired ResourceSlice specs for ``state``'s topology."""
+        options = state.config.slice_options(expose_pcie_roots=self.config.expose_pcie_roots)
+        return build_slice_specs(state.topology, options)
+
+    def republish(self, state: node.NodeState) -> None:
+        """Owner hook for ``RepublishSlices``: new desired slices and device health."""
+        self.publisher.set_desired(self.slice_specs(state))
+        self.health.publish(device_health(state))
+
+    def handler(self) -> DaemonClaimHandler:
+        """The kubelet claim handler bound to this daemon's owner and claim cache."""
+        return DaemonClaimHandler(
+            self.owner, self.cache, pool=self.node_name, driver=self.publisher.driver
+        )
+
+    def group(self) -> list[tuple[str, Callable[[], Awaitable[object]]]]:
+        """The supervised members, by name."""
+        assert self.plugin_config is not None
+        plugin_config = self.plugin_config
+
+        async def kubelet() -> None:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(
+                    lambda task_status: serve_kubelet_plugin(
+                        plugin_config,
+                        self.handler(),
+                        self.health,
+                        registration=self.registration,
+                        task_status=task_status,
+                    )
+                )
+                self.timeline.setdefault("kubelet_sockets", time.monotonic() - self.started_at)
+                nursery.start_soon(self._watch_registration)
+
+        return [
+            ("kubelet plugin", kubelet),
+            ("slice publisher", self.publisher.run),
+            ("claim cache", self.cache.run),
+            ("claim status writer", self.status_writer.run),
+            ("restart recovery", self._recover),
+            ("milestones", self._milestones),
+            # Later issues: ("nri plugin", ...), ("http endpoint", ...).
+        ]
+
+    async def _watch_registration(self) -> None:
+        seen = 0
+        while True:
+            state = await self.registration.wait_for_notification(seen)
+            seen = state.notifications
+            if state.registered:
+                self.timeline.setdefault("registered", time.monotonic() - self.started_at)
+
+    async def _milestones(self) -> NoReturn:
+        await self.publisher.in_sync.wait()
+        elapsed = time.monotonic() - self.started_at
+        self.timeline.setdefault("slices_in_sync", elapsed)
+        _log.info("ResourceSlices published %.3f s after start", elapsed)
+        await trio.sleep_forever()
+
+    async def _recover(self) -> NoReturn:
+        """Release claims prepared before the restart that the API no longer has (after the
+        grace period from start, once the claim cache listed). Runs once per process.
+
+        Cancellation: a release in flight completes in the owner (see Owner.apply).
+        """
+        if not self.recovery_done:
+            start_uids = set(self.owner.state.claims)
+            wait = self.config.release_grace_period - (time.monotonic() - self.started_at)
+            await trio.sleep(max(wait, 0.0))
+            await self.cache.reflector.synced.wait()
+            gone = [
+                c.ref
+                for uid, c in sorted(self.owner.state.claims.items())
+                if uid in start_uids and await self._gone(c.ref)
+            ]
+            if gone:
+                _log.info(
+                    "releasing %d claim(s) deleted from the API while dracpu was down: %s",
+                    len(gone),
+                    ", ".join(str(r) for r in gone),
+                )
+                await self.owner.apply(node.Unprepare(tuple(gone)))
+            self.released_at_start = tuple(r.uid for r in gone)
+            self.recovery_done = True
+        await trio.sleep_forever()
+
+    async def _gone(self, ref: ClaimRef) -> bool:
+        if any((c.get("metadata") or {}).get("uid") == ref.uid for c in self.cache.claims()):
+            return False
+        if not ref.name:
+            return True  # Adopted from a CDI spec, and no claim of ours has its UID.
+        try:
+            claim = await self.client.get(RESOURCE_CLAIMS, ref.name, namespace=ref.namespace)
+        except NotFoundError:
+            return True
+        if (claim.get("metadata") or {}).get("uid") != ref.uid:
+            return True
+        return not allocated_to_node(
+            claim, node=self.node_name, driver=self.publisher.driver, pool=self.node_name
+        )
+
+    async def supervise(self, backoff: Backoff = GROUP_BACKOFF) -> NoReturn:
+        """Run :meth:`group` as a unit forever, restarting it after a failure.
+
+        Cancellation: cancels every member (the kubelet sockets are removed).
+        """
+        retries = backoff.counter()
+        while True:
+            began = time.monotonic()
+            try:
+                async with trio.open_nursery() as nursery:
+                    for name, member in self.group():
+                        nursery.start_soon(_member, name, member)
+            except Exception as exc:
+                reason = _reason(exc)
+            else:  # pragma: no cover (members never return normally)
+                reason = "the group stopped"
+            if time.monotonic() - began >= HEALTHY_RUN:
+                retries.reset()
+            delay = retries.next_delay()
+            self.restarts += 1
+            self.last_failure = reason
+            _log.error("task group failed (%s); restarting it in %.1f s", reason, delay)
+            await trio.sleep(delay)
+
+    def status(self) -> dict[str, Any]:
+        """The status document served on the status socket."""
+        return status_document(self)
+
+
+async def _member(name: str, member: Callable[[], Awaitable[object]]) -> None:
+    try:
+        await member()
+    except DracpuError as exc:
+        raise _TaskFailed(f"{name}: {exc}") from exc
+    except Exception as exc:
+        raise _TaskFailed(f"{name}: {type(exc).__name__}: {exc}") from exc
+    raise _TaskFailed(f"{name} returned")
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_reason(e) for e in exc.exceptions)
+    return str(exc)
+
+
+def build_daemon(
+    config: RunConfig,
+    *,
+    hostname: Callable[[], str] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Daemon:
+    """Read the topology, load the state, reconcile CDI and wire the parts (no server yet).
+
+    Raises :class:`DracpuError` subclasses naming the bad input (topology, reserved CPUs,
+    kubeconfig, a newer checkpoint).
+    """
+    env = os.environ if env is None else env
+    started = time.monotonic()
+    _log.info("dracpu run: effective configuration %s", config.log_line())
+    topology = read_topology(config.sysfs_root)
+    not_online = config.reserved_cpus - topology.online
+    if not_online:
+        raise InvalidValueError(
+            f"CPUs {not_online} are not online (online: {topology.online})",
+            value=str(config.reserved_cpus),
+            origin="reservedCPUs",
+        )
+    name = node_name(config) if hostname is None else node_name(config, hostname)
+    node_config = node.NodeConfig(
+        pool=name,
+        mode=config.cpu_device_mode,
+        group_by=config.group_by,
+        reserved=config.reserved_cpus,
+        defaults=config.allocation_defaults,
+        driver=DRIVER_NAME,
+    )
+    store = CheckpointStore(config.state_dir)
+    cdi = CdiDir(config.cdi_dir)
+    state, kind = load_state(topology, node_config, store, cdi)
+    fixed = cdi.reconcile({uid: c.cpus for uid, c in state.claims.items() if c.cpus})
+    if fixed.written or fixed.removed:
+        _log.info(
+            "CDI specs reconciled: %d rewritten, %d orphan(s) removed",
+            len(fixed.written),
+            len(fixed.removed),
+        )
+    _log.info(
+        "node %s: %d CPUs online, %d claim(s) prepared (%s), shared pool %s",
+        name,
+        len(topology.online),
+        len(state.claims),
+        kind,
+        state.shared_pool,
+    )
+    if config.publish_node_allocatable_resource_mapping:
+        _log.warning("publishNodeAllocatableResourceMapping is not implemented by dracpu; ignored")
+    client = KubeClient(
+        load_config(kubeconfig=config.kubeconfig or None, env=env), transport=transport
+    )
+    status_writer = ClaimStatusWriter(client)
+    owner = Owner(
+        state,
+        checkpoint=store,
+        cdi=cdi,
+        on_claim_status=status_writer.submit,
+        crash_at=env.get("DRACPU_TEST_CRASH_AT") or None,
+    )
+    daemon = Daemon(
+        config=config,
+        node_name=name,
+        topology=topology,
+        owner=owner,
+        client=client,
+        publisher=SlicePublisher(client, node_name=name),
+        cache=ClaimCache(client, node_name=name),
+        status_writer=status_writer,
+        started_at=started,
+        start_kind=kind,
+        plugin_config=KubeletPluginConfig(
+            kubelet_root=config.kubelet_root_dir, pod_uid=env.get("POD_UID") or None
+        ),
+    )
+    owner.on_republish = daemon.republish
+    daemon.republish(state)
+    return daemon
+
+
+async def run_daemon(daemon: Daemon, *, stop_grace: float = STOP_GRACE) -> int:
+    """Serve until SIGTERM/SIGINT; returns the exit status (0 after a graceful stop).
+
+    Cancellation: stops everything like a signal does, then propagates.
+    """
+    stopping = trio.Event()
+    async with trio.open_nursery() as outer:
+
+        async def watch_signals() -> None:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    if stopping.is_set():
+                        _log.error("second signal %s: exiting now", signal.Signals(signum).name)
+                        logging.shutdown()
+                        os._exit(EXIT_FAILED)
+                    _log.info(
+                        "%s: stopping (sockets removed, slices and state kept)",
+                        signal.Signals(signum).name,
+                    )
+                    stopping.set()
+                    timer = threading.Timer(stop_grace, _exit_late, args=(stop_grace,))
+                    timer.daemon = True
+                    timer.start()
+
+        outer.start_soon(watch_signals)
+        async with trio.open_nursery() as inner:
+            await inner.start(daemon.owner.run)
+            inner.start_soon(serve_status, daemon.config.state_dir, daemon.status)
+            inner.start_soon(daemon.supervise)
+            await stopping.wait()
+            inner.cancel_scope.cancel()
+        with trio.CancelScope(shield=True):
+            await daemon.client.aclose()
+        _log.info("stopped")
+        outer.cancel_scope.cancel()
+    return 0
+
+
+def _exit_late(grace: float) -> None:
+    _log.error("not stopped %.0f s after the signal: exiting now", grace)
+    logging.shutdown()
+    os._exit(EXIT_FAILED)
+
+
+def main(config: RunConfig) -> int:
+    """Entry point of ``dracpu run`` after flag parsing; returns the exit status."""
+    logging.basicConfig(
+        level=os.environ.get("DRACPU_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        daemon = build_daemon(config)
+    except CheckpointVersionError as exc:
+        _log.error("refusing to start: %s", exc)
+        return EXIT_FAILED
+    except DracpuError as exc:
+        _log.error("cannot start: %s", exc)
+        return EXIT_FAILED
+    return trio.run(run_daemon, daemon)
