@@ -15,10 +15,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from dracpu.core.allocator import AllocationOptions, allocate  # noqa: E402
+from dracpu.core.claims import ClaimRef, parse_claim  # noqa: E402
 from dracpu.core.cpuset import CpuSet  # noqa: E402
+from dracpu.core.node import NodeConfig, NodeState, Prepare, step  # noqa: E402
 from dracpu.core.slices import SliceOptions, build_slice_specs  # noqa: E402
 from dracpu.sysfs import read_topology  # noqa: E402
-from tests.support.topologies import NAMED_MACHINES  # noqa: E402
+from tests.support.claims import POOL, claim_json, grouped, parsed, prepare  # noqa: E402
+from tests.support.topologies import NAMED_MACHINES, make_topology  # noqa: E402
 
 FIXTURES = REPO / ".." / "shared" / "fixtures" / "sysfs"
 
@@ -83,6 +86,32 @@ def main() -> None:
         50,
         50.0,
     )
+    prepare_cases()
+
+
+def prepare_cases() -> None:
+    """Issue 9: the allocation prepare makes, N CPUs inside one grouped device with other
+    claims already holding some of its CPUs (goal: median <= 10 us for 16 of a 40-CPU node),
+    and the whole step(Prepare) transition around it.
+    """
+    # 2 sockets x 1 NUMA x 20 cores x SMT-2: every NUMA node has 40 CPUs.
+    topology = make_topology(sockets=2, numa_per_socket=1, cores_per_numa=20, threads=2)
+    state = NodeState.initial(topology, NodeConfig(pool=POOL, reserved=CpuSet.of([0])))
+    for uid, count in (("held-a", 6), ("held-b", 4), ("held-c", 2)):
+        state, _, _ = prepare(state, parsed(uid, [grouped("cpudevnuma000", count)]))
+    device = state.devices["cpudevnuma000"]
+    available = device - state.held - state.config.reserved
+    report(
+        f"allocate 16 of a 40-CPU NUMA node, {len(state.held)} held by 3 claims",
+        lambda: allocate(topology, available, 16),
+        5000,
+        0.010,
+    )
+    claim = parsed("new", [grouped("cpudevnuma000", 16)])
+    event = Prepare((ClaimRef(claim.namespace, claim.name, claim.uid),), {claim.uid: claim})
+    report("step(Prepare): 1 claim, 16 CPUs, 3 claims held", lambda: step(state, event), 5000, 0.1)
+    raw = claim_json("new", [grouped("cpudevnuma000", 16)])
+    report("parse_claim: 1 grouped result", lambda: parse_claim(raw, pool=POOL), 5000, 0.1)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,9 @@ names both. Adapters translate foreign errors into these, re-raising ``from exc`
 
     DracpuError
     ├── InvalidValueError          a bad value from a flag, file, env or API object
-    │   └── CpuSetParseError       a malformed Linux cpu list
+    │   ├── CpuSetParseError       a malformed Linux cpu list
+    │   ├── ClaimError             a ResourceClaim unusable on this node (core/claims.py)
+    │   └── CpusetEnvError         a malformed DRA_CPUSET_* env entry (core/cdi.py)
     ├── TopologyError              sysfs is unreadable or inconsistent
     ├── AllocationError            no CPU set satisfies a request
     ├── ProtocolError              a peer broke a wire protocol (gRPC, ttrpc, NRI)

@@ -29,9 +29,10 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
+from dracpu import DRIVER_NAME as DRIVER
 from dracpu.core.allocator import AllocationOptions, Strategy
 from dracpu.core.cpuset import CpuSet
-from dracpu.core.slices import CPU_CAPACITY, DRIVER
+from dracpu.core.slices import CPU_CAPACITY
 from dracpu.errors import CpuSetParseError, InvalidValueError
 
 OPAQUE_API_VERSION = "v1alpha1"

@@ -119,17 +119,15 @@ class CpuSet:
         return list(self)
 
     def __str__(self) -> str:
+        # One step per run of consecutive CPUs, not per CPU: prepare prints every claim's set.
         parts: list[str] = []
-        start = prev = -2
-        for cpu in self:
-            if cpu == prev + 1:
-                prev = cpu
-                continue
-            if start >= 0:
-                parts.append(_span(start, prev))
-            start = prev = cpu
-        if start >= 0:
-            parts.append(_span(start, prev))
+        mask = self.mask
+        while mask:
+            first = (mask & -mask).bit_length() - 1
+            shifted = mask >> first
+            length = (shifted ^ (shifted + 1)).bit_length() - 1  # trailing ones
+            parts.append(_span(first, first + length - 1))
+            mask &= ~(((1 << length) - 1) << first)
         return ",".join(parts)
 
     def __repr__(self) -> str:

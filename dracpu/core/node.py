@@ -32,6 +32,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from dracpu import DRIVER_NAME as DRIVER
 from dracpu.core.allocator import AllocationOptions, allocate
 from dracpu.core.cdi import ENV_PREFIX, CpusetEnvError, cdi_device_id, env_entry, parse_env
 from dracpu.core.claims import Claim, ClaimRef, DeviceResult
@@ -49,7 +50,7 @@ from dracpu.core.pinning import (
     shared_pool,
     shared_updates,
 )
-from dracpu.core.slices import DRIVER, DeviceMode, GroupBy, SliceOptions, cpu_devices
+from dracpu.core.slices import DeviceMode, GroupBy, SliceOptions, cpu_devices
 from dracpu.core.topology import Topology
 from dracpu.errors import AllocationError, CpuSetParseError, InvalidValueError
 
@@ -62,6 +63,7 @@ __all__ = [
     "ContainerInfo",
     "ContainerKind",
     "ContainerRemoved",
+    "ContainerUpdating",
     "DeviceCpus",
     "Effect",
     "Event",
@@ -77,6 +79,7 @@ __all__ = [
     "ReplyPrepare",
     "ReplySynchronize",
     "ReplyUnprepare",
+    "ReplyUpdate",
     "ReportOfflineClaims",
     "RepublishSlices",
     "RuntimeSynchronized",
@@ -272,6 +275,15 @@ class ContainerRemoved:
 
 
 @dataclass(frozen=True, slots=True)
+class ContainerUpdating:
+    """The kubelet asks the runtime to change a container's resources (NRI UpdateContainer);
+    our reply re-asserts the cpuset the policy assigned, overriding the CRI's.
+    """
+
+    container: ContainerInfo
+
+
+@dataclass(frozen=True, slots=True)
 class RuntimeSynchronized:
     """The runtime's full list of containers after (re)connecting (NRI Synchronize)."""
 
@@ -417,6 +429,13 @@ class RejectContainer:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplyUpdate:
+    """The answer to ContainerUpdating: the container's own cpuset (empty: leave it alone)."""
+
+    updates: tuple[ContainerUpdate, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class ReplySynchronize:
     """The answer to RuntimeSynchronized: updates re-asserting every pin and the pool."""
 
@@ -435,6 +454,7 @@ Effect = (
     | ReplyUnprepare
     | AdjustContainer
     | RejectContainer
+    | ReplyUpdate
     | ReplySynchronize
 )
 
@@ -453,6 +473,8 @@ def step(state: NodeState, event: Event) -> tuple[NodeState, tuple[Effect, ...]]
         return _unprepare(state, event)
     if isinstance(event, ContainerCreated):
         return _container_created(state, event.container)
+    if isinstance(event, ContainerUpdating):
+        return _container_updating(state, event.container)
     if isinstance(event, ContainerRemoved):
         return _container_removed(state, event.container_id)
     if isinstance(event, RuntimeSynchronized):
@@ -465,11 +487,13 @@ def claim_status_devices(claim: PreparedClaim, driver: str = DRIVER) -> tuple[di
     (``data.claimCpuset``); keyed by driver, pool, device and shareID as the API requires.
     """
     entries = []
+    whole = str(claim.cpus)
     for device in claim.devices:
         entry: dict[str, Any] = {"driver": driver, "pool": device.pool, "device": device.device}
         if device.share_id:
             entry["shareID"] = device.share_id
-        entry["data"] = {"cpuset": str(device.cpus), "claimCpuset": str(claim.cpus)}
+        mine = whole if device.cpus == claim.cpus else str(device.cpus)
+        entry["data"] = {"cpuset": mine, "claimCpuset": whole}
         entries.append(entry)
     return tuple(entries)
 
@@ -517,15 +541,25 @@ def _prepare(state: NodeState, event: Prepare) -> tuple[NodeState, tuple[Effect,
                     f"{', '.join(r.device for r in fetched.results) or 'none'}"
                 )
                 continue
-            if existing.adopted and existing.ref != ref:
-                existing = dataclasses.replace(existing, ref=ref)
-                claims[ref.uid] = existing
-                new.append(existing)
+            if existing.adopted:
+                # The kubelet names a claim adopted from a running container: keep its CPUs,
+                # learn its name and, for a single result, which device holds them.
+                named = dataclasses.replace(existing, ref=ref)
+                if len(fetched.results) == 1:
+                    (only,) = fetched.results
+                    device = DeviceCpus(
+                        only.request, only.pool, only.device, existing.cpus, only.share_id
+                    )
+                    named = dataclasses.replace(named, devices=(device,), adopted=False)
+                if named != existing:
+                    existing = named
+                    claims[ref.uid] = existing
+                    new.append(existing)
             ready.append(existing)
             results[ref.uid] = ClaimPrepared(existing, _cdi_ids(ref.uid) if existing.cpus else ())
             continue
         try:
-            prepared = _assign(state, held, fetched)
+            prepared = _assign(state, claims, held, fetched)
         except (AllocationError, InvalidValueError) as exc:
             results[ref.uid] = ClaimFailed(str(exc))
             continue
@@ -555,7 +589,9 @@ def _prepare(state: NodeState, event: Prepare) -> tuple[NodeState, tuple[Effect,
     return after, tuple(effects)
 
 
-def _assign(state: NodeState, held: CpuSet, claim: Claim) -> PreparedClaim:
+def _assign(
+    state: NodeState, claims: Mapping[str, PreparedClaim], held: CpuSet, claim: Claim
+) -> PreparedClaim:
     """The CPUs of a claim not yet prepared; raises AllocationError / InvalidValueError."""
     label = f"ResourceClaim {claim.ref}"
     taken = CpuSet()
@@ -580,11 +616,11 @@ def _assign(state: NodeState, held: CpuSet, claim: Claim) -> PreparedClaim:
             if not cpus.isdisjoint(unavailable):
                 raise InvalidValueError(
                     f"{where}: stale allocation: CPU {cpus} is already held by "
-                    + _holder_text(state, cpus, taken),
+                    + _holder_text(claims, cpus, taken),
                     value=result.device,
                 )
         else:
-            cpus = _grouped(state, result, device_cpus, unavailable, taken, where)
+            cpus = _grouped(state, claims, result, device_cpus, unavailable, taken, where)
         taken = taken | cpus
         devices.append(
             DeviceCpus(result.request, result.pool, result.device, cpus, result.share_id)
@@ -592,17 +628,18 @@ def _assign(state: NodeState, held: CpuSet, claim: Claim) -> PreparedClaim:
     return PreparedClaim(ref=claim.ref, cpus=taken, devices=tuple(devices))
 
 
-def _holder_text(state: NodeState, cpus: CpuSet, taken: CpuSet) -> str:
-    holder = state.holder_of(cpus)
-    if holder is not None:
-        return f"claim {holder.ref}"
+def _holder_text(claims: Mapping[str, PreparedClaim], cpus: CpuSet, taken: CpuSet) -> str:
     if not cpus.isdisjoint(taken):
         return "an earlier device of the same claim"
+    for holder in claims.values():
+        if not holder.cpus.isdisjoint(cpus):
+            return f"claim {holder.ref}"
     return "another claim"
 
 
 def _grouped(
     state: NodeState,
+    claims: Mapping[str, PreparedClaim],
     result: DeviceResult,
     device_cpus: CpuSet,
     unavailable: CpuSet,
@@ -645,7 +682,7 @@ def _grouped(
         if clash:
             raise InvalidValueError(
                 f"{where}: opaque cpuset {wanted} has CPUs {clash} already held by "
-                + _holder_text(state, clash, taken),
+                + _holder_text(claims, clash, taken),
                 value=str(wanted),
             )
         return wanted
@@ -727,6 +764,21 @@ def _container_created(
     updates = shared_updates(after, exclude=container.id)
     after = _record_updates(after, updates)
     return after, (AdjustContainer(container.id, decision.cpus, updates),)
+
+
+def _container_updating(
+    state: NodeState, container: ContainerInfo
+) -> tuple[NodeState, tuple[Effect, ...]]:
+    known = state.containers.get(container.id)
+    if known is not None:
+        return state, (ReplyUpdate((ContainerUpdate(container.id, known.cpus),)),)
+    # Not seen before (created while we were away): place it as a creation would, quietly.
+    after, effects = _container_created(state, container)
+    reply = effects[0]
+    if isinstance(reply, AdjustContainer):
+        own = ContainerUpdate(container.id, reply.cpus)
+        return after, (ReplyUpdate((own, *reply.updates)),)
+    return state, (ReplyUpdate(()),)
 
 
 def _container_removed(state: NodeState, container_id: str) -> tuple[NodeState, tuple[Effect, ...]]:

@@ -416,3 +416,19 @@ def test_claim_status_devices() -> None:
             "data": {"cpuset": str(claim.cpus), "claimCpuset": str(claim.cpus)},
         },
     )
+
+
+def test_conflicts_inside_one_batch_name_the_earlier_claim() -> None:
+    topology = make_topology(sockets=1, numa_per_socket=1, cores_per_numa=2, threads=2)
+    state = state_of(topology, mode=DeviceMode.INDIVIDUAL)
+    _, _, results = prepare(
+        state, parsed("a", [individual("cpudev000")]), parsed("b", [individual("cpudev000")])
+    )
+    assert isinstance(results["a"], ClaimPrepared)
+    assert "already held by claim default/claim-a (uid a)" in error_of(results["b"])
+
+
+def test_grouped_result_without_consumed_capacity() -> None:
+    state = machine_state()
+    _, _, results = prepare(state, parsed("a", [individual("cpudevmachine")]))
+    assert "consumed capacity dra.cpu/cpu is missing" in error_of(results["a"])

@@ -22,17 +22,19 @@ from dracpu.core.node import (
     ClaimPrepared,
     ContainerCreated,
     ContainerRemoved,
+    ContainerUpdating,
     NodeConfig,
     NodeState,
     RejectContainer,
     ReplySynchronize,
+    ReplyUpdate,
     RuntimeSynchronized,
     TopologyChanged,
     Unprepare,
     UpdateContainers,
     step,
 )
-from dracpu.core.pinning import ContainerInfo, PodInfo
+from dracpu.core.pinning import ContainerInfo, ContainerUpdate, PodInfo
 from dracpu.core.slices import DeviceMode, GroupBy
 from dracpu.core.topology import Topology
 from tests.support.claims import cpuset_config, grouped, individual, parsed, prepare
@@ -107,6 +109,9 @@ class NodeMachine(RuleBasedStateMachine):
             # Idempotent: a retry with the same allocation gets the same CPUs; another one fails.
             if isinstance(outcome, ClaimPrepared):
                 assert outcome.claim.cpus == self.got[uid]
+                # Only an adopted claim changes: it learns its name and device.
+                assert self.state == before or before.claims[uid].adopted
+            else:
                 assert self.state == before
             return
         assert isinstance(outcome, ClaimPrepared) is fits, (outcome, fits)
@@ -165,6 +170,15 @@ class NodeMachine(RuleBasedStateMachine):
             assert isinstance(reply, RejectContainer)
             event("create rejected")
             assert reply.reason
+
+    @rule(cid=st.sampled_from(CONTAINERS))
+    def cri_update(self, cid: str) -> None:
+        known = self.state.containers.get(cid)
+        if known is None:
+            return
+        after, effects = step(self.state, ContainerUpdating(known.info))
+        assert effects == (ReplyUpdate((ContainerUpdate(cid, known.cpus),)),)
+        assert after == self.state
 
     @rule(cid=st.sampled_from(CONTAINERS))
     def remove(self, cid: str) -> None:

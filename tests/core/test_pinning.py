@@ -9,13 +9,18 @@ from dracpu.core.claims import ClaimRef
 from dracpu.core.cpuset import CpuSet
 from dracpu.core.node import (
     AdjustContainer,
+    ClaimPrepared,
     ContainerCreated,
     ContainerRemoved,
+    ContainerUpdating,
+    DeviceCpus,
     NodeConfig,
     NodeState,
     RejectContainer,
     ReplySynchronize,
+    ReplyUpdate,
     RuntimeSynchronized,
+    TopologyChanged,
     Unprepare,
     UpdateContainers,
     WriteCdiSpec,
@@ -211,3 +216,45 @@ def test_synchronize_repins_drift_adopts_and_reasserts_pool() -> None:
     after2, effects = step(after, RuntimeSynchronized(again))
     assert effects == (ReplySynchronize(()),)
     assert after2.claims == after.claims
+
+
+def test_adopted_claim_gets_its_name_at_the_kubelets_retry() -> None:
+    state = machine()
+    running = (ctr("u1", ("up", "4-5"), cpus=CpuSet.parse("4-5")),)
+    state, _ = step(state, RuntimeSynchronized(running))
+    assert state.claims["up"].ref == ClaimRef("", "", "up")
+    # The kubelet prepares it again after the restart: same CPUs, now with its name.
+    state, effects, results = prepare(
+        state, parsed("up", [grouped("cpudevmachine", 2)], [cpuset_config("4-5")])
+    )
+    assert isinstance(effects[0], WriteCheckpoint)
+    assert state.claims["up"].ref == ClaimRef("default", "claim-up", "up")
+    assert state.claims["up"].cpus == CpuSet.parse("4-5")
+    outcome = results["up"]
+    assert isinstance(outcome, ClaimPrepared)
+    assert outcome.claim.devices == (DeviceCpus("req", POOL, "cpudevmachine", CpuSet.parse("4-5")),)
+    assert not outcome.claim.adopted
+
+
+def test_topology_change_moves_shared_containers_off_offline_cpus() -> None:
+    state, _ = create(machine(), ctr("s1"))
+    smaller = make_topology(sockets=1, numa_per_socket=1, cores_per_numa=4, threads=2, offline=[7])
+    state, effects = step(state, TopologyChanged(smaller))
+    assert UpdateContainers((ContainerUpdate("s1", CpuSet.parse("0-6")),)) in effects
+    assert state.containers["s1"].cpus == CpuSet.parse("0-6")
+
+
+def test_cri_updates_are_overridden_with_the_assignment() -> None:
+    state = with_claim(machine(), "c1", "2-3")
+    state, _ = create(state, ctr("x1", ("c1", "2-3")))
+    after, effects = step(state, ContainerUpdating(ctr("x1", ("c1", "2-3"))))
+    assert effects == (ReplyUpdate((ContainerUpdate("x1", CpuSet.parse("2-3")),)),)
+    assert after == state
+    # A container never seen (created while dracpu was away) is placed like a creation.
+    after, effects = step(state, ContainerUpdating(ctr("s9", pod=POD_B)))
+    assert effects == (ReplyUpdate((ContainerUpdate("s9", CpuSet.parse("0-1,4-7")),)),)
+    assert after.containers["s9"].cpus == CpuSet.parse("0-1,4-7")
+    # A forged one is left alone.
+    after, effects = step(state, ContainerUpdating(ctr("f9", ("nope", "2"))))
+    assert effects == (ReplyUpdate(()),)
+    assert after == state
