@@ -25,6 +25,15 @@ run *ARGS:
     {{venv}}/bin/dracpu inspect {{ARGS}} topology
     {{venv}}/bin/dracpu inspect {{ARGS}} slices
 
+# `just run` stays the no-cluster quick look; this needs a kubeconfig and root (docs/run.md).
+# Run the node daemon (`dracpu run`).
+daemon *ARGS:
+    {{venv}}/bin/dracpu run "$@"
+
+# What the node daemon holds: claims, CPUs, shared pool, publisher and registration.
+status *ARGS:
+    {{venv}}/bin/dracpu status "$@"
+
 # Fast tests (no rig): unit, property and peer tests that need nothing running.
 test-unit *ARGS:
     {{py}} -m pytest -m "not e2e" "$@"

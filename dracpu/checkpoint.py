@@ -188,7 +188,7 @@ class CheckpointStore:
                 while view:
                     view = view[os.write(fd, view) :]
                 if self.durable:
-                    os.fsync(fd)
+                    os.fdatasync(fd)  # Data and size; the rename + dir fsync do the rest.
             finally:
                 os.close(fd)
             os.replace(tmp, self.path)

@@ -2,8 +2,9 @@
 
 The owner hands each ``WriteClaimStatus`` effect to :meth:`ClaimStatusWriter.submit` (no I/O,
 never blocks); :meth:`ClaimStatusWriter.run` writes them in the background, after the kubelet got
-its reply, so the API round trips stay off the prepare path. Each write reads the claim, keeps
-the ``status.devices`` entries of other drivers, replaces ours and PUTs the status with the read
+its reply, so the API round trips stay off the prepare path. Each write takes the claim from the
+watch cache (``lookup``; a GET when absent or when the PUT conflicts), keeps
+the ``status.devices`` entries of other drivers, replaces ours and PUTs the status with that
 ``resourceVersion``; a conflict re-reads, a vanished or replaced claim is dropped, other errors
 retry with the shared backoff. Writing the same entries twice changes nothing (replay-safe).
 """
@@ -11,6 +12,7 @@ retry with the shared backoff. Writing the same entries twice changes nothing (r
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import trio
@@ -19,7 +21,7 @@ from dracpu import DRIVER_NAME
 from dracpu.backoff import Backoff
 from dracpu.core import node
 from dracpu.errors import KubeApiError
-from dracpu.kube.client import KubeClient
+from dracpu.kube.client import JSON, KubeClient
 from dracpu.kube.errors import ConflictError, NotFoundError
 from dracpu.kube.resources import RESOURCE_CLAIMS
 
@@ -35,9 +37,15 @@ class ClaimStatusWriter:
     """
 
     def __init__(
-        self, client: KubeClient, *, driver: str = DRIVER_NAME, backoff: Backoff | None = None
+        self,
+        client: KubeClient,
+        *,
+        driver: str = DRIVER_NAME,
+        backoff: Backoff | None = None,
+        lookup: Callable[[str, str], JSON | None] = lambda namespace, name: None,
     ) -> None:
         self.client = client
+        self.lookup = lookup
         self.driver = driver
         self.backoff = backoff or Backoff(initial=0.5, maximum=30.0)
         self.written = 0
@@ -83,12 +91,18 @@ class ClaimStatusWriter:
 
     async def _write(self, effect: node.WriteClaimStatus) -> None:
         ref = effect.claim
-        for _ in range(5):
-            try:
-                claim = await self.client.get(RESOURCE_CLAIMS, ref.name, namespace=ref.namespace)
-            except NotFoundError:
-                self.failed += 1
-                return
+        cached = self.lookup(ref.namespace, ref.name)
+        for attempt in range(5):
+            if attempt == 0 and cached is not None:
+                claim = cached  # The watch cache's copy: no GET unless it turns out stale.
+            else:
+                try:
+                    claim = await self.client.get(
+                        RESOURCE_CLAIMS, ref.name, namespace=ref.namespace
+                    )
+                except NotFoundError:
+                    self.failed += 1
+                    return
             meta = claim.get("metadata") or {}
             if meta.get("uid") != ref.uid:
                 self.failed += 1

@@ -32,7 +32,7 @@ def add_commands(commands: Any) -> None:
     defaults = RunConfig()
     for spec in FIELDS:
         default = getattr(defaults, spec.attr)
-        help_text = f"{spec.help} (file key {spec.key}; default {default})"
+        help_text = f"{spec.help} (file key {spec.key}; default {str(default) or 'none'})"
         if spec.is_bool:
             # `--flag` alone means true, as with Go's flag package; `--flag=false` also works.
             run.add_argument(

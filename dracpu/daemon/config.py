@@ -14,6 +14,7 @@ a :class:`ConfigError` naming the key and the file. ``apiVersion``, when present
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import socket
@@ -133,6 +134,9 @@ def _enum(kind: type[DeviceMode] | type[GroupBy] | type[Strategy]) -> Callable[[
 
 
 def _seconds(value: object, where: str) -> float:
+    if isinstance(value, str) and where.startswith("flag "):
+        with contextlib.suppress(ValueError):
+            value = float(value)
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         raise ConfigError(
             f"must be a non-negative number of seconds, got {value!r}", value=value, origin=where

@@ -264,32 +264,51 @@ class Daemon:
         )
 
     async def supervise(self, backoff: Backoff = GROUP_BACKOFF) -> NoReturn:
-        """Run :meth:`group` as a unit forever, restarting it after a failure.
+        """Run :meth:`group` as a unit forever, restarting it after a failure (see
+        :func:`supervise`). Cancellation: cancels every member (kubelet sockets removed)."""
+        await supervise(self.group, backoff, self._record_failure)
 
-        Cancellation: cancels every member (the kubelet sockets are removed).
-        """
-        retries = backoff.counter()
-        while True:
-            began = time.monotonic()
-            try:
-                async with trio.open_nursery() as nursery:
-                    for name, member in self.group():
-                        nursery.start_soon(_member, name, member)
-            except Exception as exc:
-                reason = _reason(exc)
-            else:  # pragma: no cover (members never return normally)
-                reason = "the group stopped"
-            if time.monotonic() - began >= HEALTHY_RUN:
-                retries.reset()
-            delay = retries.next_delay()
-            self.restarts += 1
-            self.last_failure = reason
-            _log.error("task group failed (%s); restarting it in %.1f s", reason, delay)
-            await trio.sleep(delay)
+    def _record_failure(self, reason: str) -> None:
+        self.restarts += 1
+        self.last_failure = reason
 
     def status(self) -> dict[str, Any]:
         """The status document served on the status socket."""
         return status_document(self)
+
+
+Members = Callable[[], list[tuple[str, Callable[[], Awaitable[object]]]]]
+
+
+async def supervise(
+    group: Members,
+    backoff: Backoff = GROUP_BACKOFF,
+    on_failure: Callable[[str], None] = lambda _: None,
+    *,
+    healthy_run: float = HEALTHY_RUN,
+) -> NoReturn:
+    """Run the members ``group()`` returns in one nursery; when any of them fails (or returns),
+    all are cancelled, the reason is logged and passed to ``on_failure``, and after the next
+    backoff delay a fresh ``group()`` starts. A group that ran ``healthy_run`` seconds resets the
+    backoff. Cancellation: cancels every member and returns nothing.
+    """
+    retries = backoff.counter()
+    while True:
+        began = trio.current_time()
+        try:
+            async with trio.open_nursery() as nursery:
+                for name, member in group():
+                    nursery.start_soon(_member, name, member)
+        except Exception as exc:
+            reason = _reason(exc)
+        else:  # pragma: no cover (members never return without raising)
+            reason = "the group stopped"
+        if trio.current_time() - began >= healthy_run:
+            retries.reset()
+        delay = retries.next_delay()
+        on_failure(reason)
+        _log.error("task group failed (%s); restarting it in %.1f s", reason, delay)
+        await trio.sleep(delay)
 
 
 async def _member(name: str, member: Callable[[], Awaitable[object]]) -> None:
@@ -363,7 +382,8 @@ def build_daemon(
     client = KubeClient(
         load_config(kubeconfig=config.kubeconfig or None, env=env), transport=transport
     )
-    status_writer = ClaimStatusWriter(client)
+    cache = ClaimCache(client, node_name=name)
+    status_writer = ClaimStatusWriter(client, lookup=cache.cached)
     owner = Owner(
         state,
         checkpoint=store,
@@ -378,7 +398,7 @@ def build_daemon(
         owner=owner,
         client=client,
         publisher=SlicePublisher(client, node_name=name),
-        cache=ClaimCache(client, node_name=name),
+        cache=cache,
         status_writer=status_writer,
         started_at=started,
         start_kind=kind,

@@ -122,3 +122,25 @@ def test_node_name() -> None:
     assert node_name(RunConfig(), hostname=lambda: "HOST") == "host"
     with pytest.raises(ConfigError, match="empty node name"):
         node_name(RunConfig(), hostname=lambda: "")
+
+
+def test_flag_strings_are_parsed_like_upstream_flags() -> None:
+    cfg = resolve({"release_grace_period": "2.5", "full_pcpus_only": True}, None)
+    assert cfg.release_grace_period == 2.5
+    assert cfg.full_pcpus_only is True
+    with pytest.raises(ConfigError, match="--release-grace-period"):
+        resolve({"release_grace_period": "soon"}, None)
+
+
+def test_cli_run_flags_reach_the_config(tmp_path: Path) -> None:
+    from dracpu.cli import build_parser
+
+    path = write(tmp_path, "groupBy: socket\nfullPCPUsOnly: true\n")
+    args = build_parser().parse_args(
+        ["run", "--config", str(path), "--full-pcpus-only=false", "--reserved-cpus", "0"]
+    )
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    cfg = resolve(flags, args.config)
+    assert cfg.group_by is GroupBy.SOCKET
+    assert cfg.full_pcpus_only is False
+    assert cfg.reserved_cpus == CpuSet.parse("0")
