@@ -115,7 +115,11 @@ class StepDecider:
             if isinstance(effect, node.UpdateContainers):
                 self.on_updates(effect)
             elif isinstance(
-                effect, node.AdjustContainer | node.RejectContainer | node.ReplySynchronize
+                effect,
+                node.AdjustContainer
+                | node.RejectContainer
+                | node.ReplySynchronize
+                | node.ReplyUpdate,
             ):
                 reply = effect
         return reply
@@ -182,18 +186,16 @@ class PolicyHandler:
     async def update_container(
         self, pod: api.PodSandbox, container: api.Container, resources: api.LinuxResources | None
     ) -> Sequence[api.ContainerUpdate]:
-        """A CRI resource update: keep the container's cpuset ours when the CRI would change it.
+        """A CRI resource update: the reply re-asserts the policy's cpuset (overriding the CRI's).
 
-        Cancellation: nothing was changed.
+        A container not seen before (created while dracpu was away) is placed as a creation
+        would be. Cancellation: the decision is applied synchronously before any await.
         """
-        known = self.decider.state.containers.get(container.id)
-        if known is None or not known.cpus:
+        info = translate.container_info(translate.pod_info(pod), container, kind_of=self.kind_of)
+        reply = self.decider.apply(node.ContainerUpdating(info))
+        if not isinstance(reply, node.ReplyUpdate):
             return []
-        wanted = str(known.cpus)
-        asked = resources.cpu.cpus if resources is not None and resources.cpu is not None else ""
-        if asked == wanted:
-            return []
-        return [translate.to_update(ContainerUpdate(container.id, known.cpus))]
+        return translate.to_updates(reply.updates)
 
     async def stop_container(
         self, pod: api.PodSandbox, container: api.Container

@@ -111,6 +111,9 @@ async def test_exclusive_pin_shrinks_then_unprepare_widens(
                 rsp = await peer.command("create", pod="p1", id="e1", env=[env("c1", "2-3")])
                 assert adjusted_cpus(rsp) == "2-3"
                 assert update_cpus(rsp.get("update", [])) == {"s1": "0-1,4-7"}
+                # The kubelet's CRI update would widen it: our reply keeps the pin.
+                rsp = await peer.command("update", id="e1", cpus="0-7")
+                assert update_cpus(rsp.get("update", [])) == {"e1": "2-3"}
                 # The pod is gone, the claim unprepared: the shared container widens through
                 # UpdateContainers, sent outside any NRI request.
                 await peer.command("stop-container", id="e1")
