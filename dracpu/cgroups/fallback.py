@@ -253,7 +253,9 @@ class CgroupEnforcer:
         try:
             self.tree.write_cpus(seen.path, cpus)
         except CgroupTreeError as exc:
-            _log.warning("cgroup fallback: %s", exc)
+            if seen.path.exists():
+                _log.warning("cgroup fallback: %s", exc)
+            # else: the container is gone; its deletion event follows.
             return
         self.on_pinned(Pinned(seen.ident.container_id, cpus, time.monotonic() - seen.first_seen))
 
