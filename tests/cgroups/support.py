@@ -40,25 +40,33 @@ def allowed_cpus(pid: int) -> str:
 
 
 class Node:
-    """``dracpu-test-<random>/kubepods`` with processes moved into container cgroups."""
+    """``dracpu-test-<random>/kubepods`` (cgroupfs driver) or ``…/kubepods.slice`` (systemd
+    driver) with processes moved into container cgroups named as the kubelet and containerd
+    name them."""
 
-    def __init__(self, top: Path, cpus: str) -> None:
+    def __init__(self, top: Path, cpus: str, systemd: bool = False) -> None:
         self.top = top
         self.cpus = cpus
-        self.kubepods = make_cgroup(top / "kubepods", cpus)
+        self.systemd = systemd
+        self.kubepods = make_cgroup(top / ("kubepods.slice" if systemd else "kubepods"), cpus)
         self.processes: list[subprocess.Popen[bytes]] = []
 
     def pod(self, uid: str, qos: str = "burstable") -> Path:
-        qos_dir = self.kubepods / qos
+        if self.systemd:
+            qos_dir = self.kubepods / f"kubepods-{qos}.slice"
+            pod_name = f"kubepods-{qos}-pod{uid.replace('-', '_')}.slice"
+        else:
+            qos_dir, pod_name = self.kubepods / qos, f"pod{uid}"
         if not qos_dir.exists():
             make_cgroup(qos_dir, self.cpus)
-        return make_cgroup(qos_dir / f"pod{uid}", self.cpus)
+        return make_cgroup(qos_dir / pod_name, self.cpus)
 
     def container(self, pod: Path, cid: str, env: dict[str, str]) -> tuple[Path, int]:
         """A container cgroup with a ``sleep`` whose env is ``env``, moved in as runc does."""
         proc = subprocess.Popen(["sleep", "300"], env={"PATH": os.environ["PATH"], **env})
         self.processes.append(proc)
-        cgroup = make_cgroup(pod / cid, self.cpus)
+        name = f"cri-containerd-{cid}.scope" if self.systemd else cid
+        cgroup = make_cgroup(pod / name, self.cpus)
         (cgroup / "cgroup.procs").write_text(str(proc.pid))
         return cgroup, proc.pid
 
@@ -70,10 +78,10 @@ class Node:
 
 
 @contextmanager
-def cgroup_node(cpus: str = "0-1") -> Iterator[Node]:
+def cgroup_node(cpus: str = "0-1", *, systemd: bool = False) -> Iterator[Node]:
     """A fresh subtree, removed with its processes afterwards."""
     top = make_cgroup(CPUSET_V1 / f"dracpu-test-{secrets.token_hex(4)}", cpus)
-    node = Node(top, cpus)
+    node = Node(top, cpus, systemd)
     try:
         yield node
     finally:

@@ -52,22 +52,23 @@ async def until(check: Callable[[], bool], what: str, seconds: float = 5.0) -> N
     raise AssertionError(f"timed out waiting for {what}")
 
 
-async def test_pins_exclusive_and_shared_and_undoes_rewrites() -> None:
+@pytest.mark.parametrize("driver", list(Driver))
+async def test_pins_exclusive_and_shared_and_undoes_rewrites(driver: Driver) -> None:
     decider = StepDecider(two_cpus(("c1", "1")))
     pinned: list[Pinned] = []
-    with cgroup_node() as cg, trio.fail_after(20):
-        tree = CgroupTree(cg.kubepods, Driver.CGROUPFS, 1)
+    with cgroup_node(systemd=driver is Driver.SYSTEMD) as cg, trio.fail_after(20):
+        tree = CgroupTree(cg.kubepods, driver, 1)
         enforcer = CgroupEnforcer(tree, decider, on_pinned=pinned.append, settle=1.0)
         async with trio.open_nursery() as nursery:
             await nursery.start(enforcer.run)
             pod_a = cg.pod(POD_A)
-            excl, excl_pid = cg.container(pod_a, "ctr-excl", {"DRA_CPUSET_c1": "1"})
+            excl, excl_pid = cg.container(pod_a, "ctrexcl", {"DRA_CPUSET_c1": "1"})
             pod_b = cg.pod(POD_B, qos="besteffort")
-            shared, shared_pid = cg.container(pod_b, "ctr-shared", {"HOME": "/"})
+            shared, shared_pid = cg.container(pod_b, "ctrshared", {"HOME": "/"})
             await until(lambda: allowed_cpus(excl_pid) == "1", "the exclusive pin")
             await until(lambda: allowed_cpus(shared_pid) == "0", "the shared pool")
             assert (excl / "cpuset.cpus").read_text().strip() == "1"
-            assert decider.state.containers["ctr-excl"].claims == ("c1",)
+            assert decider.state.containers["ctrexcl"].claims == ("c1",)
             assert decider.state.owners["c1"].pod_uid == POD_A
             # The runtime (or kubelet) rewrites the cpuset: undone.
             (excl / "cpuset.cpus").write_text("0-1")
@@ -76,13 +77,13 @@ async def test_pins_exclusive_and_shared_and_undoes_rewrites() -> None:
             # The pod goes, the claim is unprepared: the shared container widens.
             cg.stop(excl_pid)
             excl.rmdir()
-            await until(lambda: "ctr-excl" not in decider.state.containers, "the removal")
+            await until(lambda: "ctrexcl" not in decider.state.containers, "the removal")
             decider.on_updates = enforcer.submit
             decider.apply(node.Unprepare((ClaimRef("", "", "c1"),)))
             assert allowed_cpus(shared_pid) == "0-1"
             assert shared.exists()
             nursery.cancel_scope.cancel()
-    assert any(p.container_id == "ctr-excl" and p.cpus == CpuSet.of([1]) for p in pinned)
+    assert any(p.container_id == "ctrexcl" and p.cpus == CpuSet.of([1]) for p in pinned)
 
 
 async def test_forged_env_runs_on_the_shared_pool() -> None:
