@@ -128,7 +128,7 @@ class CgroupEnforcer:
         """Read every container cgroup and hand them to the policy as one Synchronize."""
         infos = []
         for _, seen in sorted(self._seen.items()):
-            env = self._env(seen)
+            env = self._env(seen) or ()
             seen.claims_env = _claims_env(env)
             infos.append(self._info(seen, env, with_cpus=True))
         reply = self.decider.apply(node.RuntimeSynchronized(tuple(infos)))
@@ -198,12 +198,13 @@ class CgroupEnforcer:
 
     # ------------------------------------------------------------------ decisions
 
-    def _env(self, seen: _Seen) -> tuple[str, ...]:
+    def _env(self, seen: _Seen) -> tuple[str, ...] | None:
+        """The env of the first readable process in the cgroup; None when there is none."""
         for pid in self.tree.pids(seen.path):
             env = read_environ(pid, self.proc)
             if env is not None:
                 return env
-        return ()
+        return None
 
     def _info(self, seen: _Seen, env: tuple[str, ...], *, with_cpus: bool) -> ContainerInfo:
         claims = _claims_env(env)
@@ -219,12 +220,17 @@ class CgroupEnforcer:
         )
 
     def _evaluate(self, seen: _Seen) -> None:
-        """Decide ``seen`` again if its driver env changed (or it is new); keep its cpuset."""
-        env = self._env(seen)
-        claims_env = _claims_env(env)
+        """Decide ``seen`` again if its driver env changed (or it is new); keep its cpuset.
+
+        With no readable process (not started yet, or exited) a known container keeps its
+        decision and a new one goes on the shared pool.
+        """
+        read = self._env(seen)
         cid = seen.ident.container_id
         known = self.decider.state.containers.get(cid)
-        if known is not None and claims_env == seen.claims_env:
+        env = read or ()
+        claims_env = _claims_env(env)
+        if known is not None and (read is None or claims_env == seen.claims_env):
             self._enforce(seen, known.cpus)
             return
         seen.claims_env = claims_env
