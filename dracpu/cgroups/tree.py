@@ -76,13 +76,19 @@ def read_environ(pid: int, proc: Path = Path("/proc")) -> tuple[str, ...] | None
     return tuple(e.decode(errors="replace") for e in data.split(b"\0") if e)
 
 
-def detect(mount: Path = Path("/sys/fs/cgroup"), driver: Driver = Driver.CGROUPFS) -> CgroupTree:
+def detect(
+    mount: Path = Path("/sys/fs/cgroup"),
+    driver: Driver = Driver.CGROUPFS,
+    kubelet_cgroup_root: str = "/",
+) -> CgroupTree:
     """Find the kubelet's cpuset tree under ``mount``: v2 when ``mount`` is a unified hierarchy
-    whose root offers the cpuset controller, else v1's ``cpuset`` hierarchy.
+    whose root offers the cpuset controller, else v1's ``cpuset`` hierarchy. The kubelet's pods
+    live in ``kubepods`` (``kubepods.slice``) below its ``--cgroup-root`` (``/`` by default).
 
     Raises :class:`CgroupTreeError` when neither has the kubelet's root directory.
     """
     name = "kubepods" if driver is Driver.CGROUPFS else "kubepods.slice"
+    name = str(Path(kubelet_cgroup_root.strip("/")) / name)
     controllers = mount / "cgroup.controllers"
     if controllers.exists():
         try:

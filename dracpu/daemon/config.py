@@ -80,6 +80,7 @@ class RunConfig:
     enforcement: EnforcementMode = EnforcementMode.AUTO
     cgroup_root: Path = Path("/sys/fs/cgroup")
     cgroup_driver: Driver = Driver.CGROUPFS
+    kubelet_cgroup_root: str = "/"
     full_pcpus_only: bool = False
     distribute_across_numa: bool = False
     strategy: Strategy = Strategy.PACKED
@@ -117,6 +118,15 @@ def _boolean(value: object, where: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"must be true or false, got {value!r}", value=value, origin=where)
     return value
+
+
+def _cgroup_path(value: object, where: str) -> str:
+    text = _string(value, where)
+    if not text.startswith("/") or ".." in text.split("/"):
+        raise ConfigError(
+            f"must be an absolute cgroup path without '..', got {text!r}", value=value, origin=where
+        )
+    return text
 
 
 def _abs_path(value: object, where: str) -> Path:
@@ -265,6 +275,13 @@ FIELDS: tuple[Field, ...] = (
         "cgroup_driver",
         _enum(Driver),
         "the kubelet's cgroup driver: cgroupfs or systemd",
+    ),
+    Field(
+        "kubeletCgroupRoot",
+        "--kubelet-cgroup-root",
+        "kubelet_cgroup_root",
+        _cgroup_path,
+        "the kubelet's --cgroup-root (its kubepods cgroup lives below it)",
     ),
     Field(
         "fullPCPUsOnly",

@@ -70,6 +70,7 @@ class Enforcement:
         nri_socket: Path = Path("/var/run/nri/nri.sock"),
         cgroup_mount: Path = Path("/sys/fs/cgroup"),
         cgroup_driver: Driver = Driver.CGROUPFS,
+        kubelet_cgroup_root: str = "/",
         handover_grace: float = 2.0,
         plugin: NriPlugin | None = None,
     ) -> None:
@@ -81,6 +82,7 @@ class Enforcement:
         self.updater = ContainerUpdater(self.plugin)
         self.cgroup_mount = cgroup_mount
         self.cgroup_driver = cgroup_driver
+        self.kubelet_cgroup_root = kubelet_cgroup_root
         self.handover_grace = handover_grace
         self.fallback: CgroupEnforcer | None = None
         owner.on_containers = self.on_containers
@@ -122,7 +124,7 @@ class Enforcement:
             if self.mode is EnforcementMode.AUTO:
                 await self._nri_absent_for(self.handover_grace)
             try:
-                tree = detect(self.cgroup_mount, self.cgroup_driver)
+                tree = detect(self.cgroup_mount, self.cgroup_driver, self.kubelet_cgroup_root)
             except CgroupTreeError as exc:
                 delay = retry.next_delay()
                 _log.warning("cgroup fallback unavailable (%s); retrying in %.1f s", exc, delay)

@@ -416,6 +416,7 @@ def build_daemon(
         nri_socket=config.nri_socket,
         cgroup_mount=config.cgroup_root,
         cgroup_driver=config.cgroup_driver,
+        kubelet_cgroup_root=config.kubelet_cgroup_root,
     )
     daemon.republish(state)
     return daemon

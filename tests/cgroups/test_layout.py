@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from dracpu.cgroups import CgroupTree
+from dracpu.cgroups import CgroupTree, CgroupTreeError, detect
 from dracpu.cgroups.layout import CgroupContainer, Driver, identify
 
 UID = "0b7d7a5e-3c2f-4b8e-9f0a-1d2c3b4a5f6e"
@@ -52,3 +52,21 @@ def test_paths_are_real(tmp_path: Path) -> None:
     tree = CgroupTree(tmp_path, Driver.CGROUPFS, 1)
     assert tree.read_cpus(tmp_path / "gone") is None
     assert tree.pids(tmp_path / "gone") == []
+
+
+def test_detect_v1_below_the_kubelets_cgroup_root(tmp_path: Path) -> None:
+    (tmp_path / "cpuset" / "rig" / "kubepods.slice").mkdir(parents=True)
+    tree = detect(tmp_path, Driver.SYSTEMD, "/rig")
+    assert (tree.root, tree.version) == (tmp_path / "cpuset" / "rig" / "kubepods.slice", 1)
+    with pytest.raises(CgroupTreeError, match="no kubelet cgroup tree"):
+        detect(tmp_path, Driver.CGROUPFS, "/rig")
+
+
+def test_detect_v2_needs_the_cpuset_controller(tmp_path: Path) -> None:
+    (tmp_path / "kubepods").mkdir()
+    (tmp_path / "cgroup.controllers").write_text("cpu io memory hugetlb pids\n")
+    with pytest.raises(CgroupTreeError, match="cpuset controller is not available"):
+        detect(tmp_path)
+    (tmp_path / "cgroup.controllers").write_text("cpuset cpu io memory\n")
+    tree = detect(tmp_path)
+    assert (tree.root, tree.version) == (tmp_path / "kubepods", 2)
