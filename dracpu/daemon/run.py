@@ -405,8 +405,12 @@ def build_daemon(
         status_writer=status_writer,
         started_at=started,
         start_kind=kind,
+        # Calls run concurrently: the owner orders the transitions and commits those that
+        # queue up together with one checkpoint write.
         plugin_config=KubeletPluginConfig(
-            kubelet_root=config.kubelet_root_dir, pod_uid=env.get("POD_UID") or None
+            kubelet_root=config.kubelet_root_dir,
+            pod_uid=env.get("POD_UID") or None,
+            serialize=False,
         ),
     )
     owner.on_republish = daemon.republish

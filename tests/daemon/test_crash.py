@@ -74,17 +74,25 @@ class Node:
         env["PYTHONPATH"] = str(REPO)
         if crash_at:
             env["DRACPU_TEST_CRASH_AT"] = crash_at
-        with contextlib_suppress_missing(self.dra_socket):
-            pass
+        # A killed daemon leaves its socket files; the registration socket appears only once
+        # the DRA socket is listening (a socket file exists between bind and listen).
+        for path in (self.dra_socket, self.registration_socket):
+            path.unlink(missing_ok=True)
         proc = await spawn(self.argv(), env, self.root / "log")
-        await wait_for(lambda: self.dra_socket.exists() or proc.poll() is not None, 30)
+        await wait_for(lambda: self.registration_socket.exists() or proc.poll() is not None, 30)
         assert proc.poll() is None, (self.root / "log").read_text()[-2000:]
         return proc
 
-    async def prepare(self, *uids: str) -> Any:
-        return await kubelet_call(
-            self.dra_socket, self.api, "prepare", [("ns", f"claim-{u}", u) for u in uids]
-        )
+    async def prepare(self, *uids: str, expect_crash: bool = False) -> Any:
+        try:
+            return await kubelet_call(
+                self.dra_socket, self.api, "prepare", [("ns", f"claim-{u}", u) for u in uids]
+            )
+        except grpc.RpcError:
+            if not expect_crash:
+                log = (self.root / "log").read_text()[-3000:]
+                raise AssertionError(f"prepare failed; daemon log:\n{log}") from None
+            raise
 
     def checkpoint(self) -> dict[str, CpuSet]:
         body = CheckpointStore(self.root / "state").load().body
@@ -93,19 +101,6 @@ class Node:
 
     def cdi(self) -> dict[str, CpuSet | None]:
         return CdiDir(self.root / "cdi").read_all()
-
-
-class contextlib_suppress_missing:
-    """Remove a stale socket file left by a killed process (the daemon also does)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __enter__(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 async def spawn(argv: list[str], env: dict[str, str], log: Path) -> trio.Process:
@@ -164,7 +159,7 @@ async def test_crash_at_each_effect_boundary(node: Node, point: str) -> None:
 
     proc = await node.start(crash_at=point)
     with pytest.raises(grpc.RpcError) as info:
-        await node.prepare("u2")
+        await node.prepare("u2", expect_crash=True)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert await stop(proc) == CRASH_EXIT_STATUS
     # The crash happened after the checkpoint write: u2 is recorded.
