@@ -208,8 +208,8 @@ def breakdown() -> None:
     assert req.container is not None
     info = translate.container_info(translate.pod_info(req.pod), req.container)
     assert lazy_info(payload) == info
-    decider.apply(node.ContainerCreated(info))
-    reply = decider.apply(node.ContainerCreated(info))
+    decider.apply_now(node.ContainerCreated(info))
+    reply = decider.apply_now(node.ContainerCreated(info))
     assert isinstance(reply, node.AdjustContainer)
     rsp = translate.create_response(reply.cpus, reply.updates)
     cache = {(reply.cpus, reply.updates): bytes(rsp)}
@@ -217,7 +217,7 @@ def breakdown() -> None:
     t_decode = timed(lambda: api.CreateContainerRequest.parse(payload))
     t_lazy = timed(lambda: lazy_info(payload))
     t_translate = timed(lambda: translate.container_info(translate.pod_info(pod), ctr))
-    t_policy = timed(lambda: decider.apply(node.ContainerCreated(info)))
+    t_policy = timed(lambda: decider.apply_now(node.ContainerCreated(info)))
     t_build = timed(lambda: translate.create_response(reply.cpus, reply.updates))
     t_encode = timed(lambda: bytes(rsp))
     t_cached = timed(lambda: cache[(reply.cpus, reply.updates)])
@@ -286,7 +286,7 @@ async def fan_out(version: str, shared: int = 500) -> None:
             # The claim is prepared after the sync; its container's creation shrinks the pool.
             assert len(decider.state.containers) == shared
             claim = parsed(CLAIM, [grouped("cpudevmachine", 2)], [cpuset_config("2-3")])
-            decider.apply(
+            decider.apply_now(
                 node.Prepare((ClaimRef("default", f"claim-{CLAIM}", CLAIM),), {CLAIM: claim})
             )
             env = [f"DRA_CPUSET_{CLAIM}=2-3"]

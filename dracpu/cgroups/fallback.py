@@ -102,6 +102,8 @@ class CgroupEnforcer:
         self._by_path: dict[Path, str] = {}
         self._wds: dict[int, Path] = {}
         self._inotify: inotify.Inotify | None = None
+        # One decision at a time: the event and settle loops both decide, with awaits between.
+        self._lock = trio.Lock()
 
     # ------------------------------------------------------------------ public
 
@@ -114,8 +116,8 @@ class CgroupEnforcer:
         with inotify.Inotify() as ino:
             self._inotify = ino
             try:
-                self._watch_tree()
-                self.reconcile()
+                await self._watch_tree()
+                await self.reconcile()
                 task_status.started()
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._settle_loop)
@@ -124,14 +126,22 @@ class CgroupEnforcer:
                 self._inotify = None
                 self._wds.clear()
 
-    def reconcile(self) -> None:
-        """Read every container cgroup and hand them to the policy as one Synchronize."""
+    async def reconcile(self) -> None:
+        """Read every container cgroup and hand them to the policy as one Synchronize.
+
+        Cancellation: a queued event is still applied; cpusets may be partly written (the
+        next reconcile finishes them).
+        """
+        async with self._lock:
+            await self._reconcile()
+
+    async def _reconcile(self) -> None:
         infos = []
         for _, seen in sorted(self._seen.items()):
             env = self._env(seen) or ()
             seen.claims_env = _claims_env(env)
             infos.append(self._info(seen, env, with_cpus=True))
-        reply = self.decider.apply(node.RuntimeSynchronized(tuple(infos)))
+        reply = await self.decider.apply(node.RuntimeSynchronized(tuple(infos)))
         if isinstance(reply, node.ReplySynchronize):
             self.apply_updates(reply.updates)
         _log.info(
@@ -160,12 +170,12 @@ class CgroupEnforcer:
             return
         self._wds[wd] = path
 
-    def _watch_tree(self) -> None:
+    async def _watch_tree(self) -> None:
         self._watch(self.tree.root)
         for child in _subdirs(self.tree.root):
-            self._dir_added(child, decide=False)
+            await self._dir_added(child, decide=False)
 
-    def _dir_added(self, path: Path, *, decide: bool) -> None:
+    async def _dir_added(self, path: Path, *, decide: bool) -> None:
         """A directory below the root appeared (or was found): watch and descend as needed."""
         parts = self.tree.parts(path)
         ident = identify(parts, self.tree.driver)
@@ -176,7 +186,7 @@ class CgroupEnforcer:
             self._seen[ident.container_id] = seen
             self._by_path[path] = ident.container_id
             if decide:
-                self._evaluate(seen)
+                await self._evaluate(seen)
             return
         name = parts[-1]
         depth_ok = (len(parts) == 1 and is_qos_dir(name, self.tree.driver)) or (
@@ -187,14 +197,15 @@ class CgroupEnforcer:
         self._watch(path)
         for child in _subdirs(path):  # created before the watch was in place
             if child not in self._by_path:
-                self._dir_added(child, decide=decide)
+                await self._dir_added(child, decide=decide)
 
-    def _dir_removed(self, path: Path) -> None:
+    async def _dir_removed(self, path: Path) -> None:
         cid = self._by_path.pop(path, None)
         if cid is None:
             return
         self._seen.pop(cid, None)
-        self.decider.apply(node.ContainerRemoved(cid))
+        async with self._lock:
+            await self.decider.apply(node.ContainerRemoved(cid))
 
     # ------------------------------------------------------------------ decisions
 
@@ -219,7 +230,13 @@ class CgroupEnforcer:
             cpus=self.tree.read_cpus(seen.path) if with_cpus else None,
         )
 
-    def _evaluate(self, seen: _Seen) -> None:
+    async def _evaluate(self, seen: _Seen) -> None:
+        """:meth:`_decide` under the lock, unless the container went away meanwhile."""
+        async with self._lock:
+            if self._seen.get(seen.ident.container_id) is seen:
+                await self._decide(seen)
+
+    async def _decide(self, seen: _Seen) -> None:
         """Decide ``seen`` again if its driver env changed (or it is new); keep its cpuset.
 
         With no readable process (not started yet, or exited) a known container keeps its
@@ -235,12 +252,13 @@ class CgroupEnforcer:
             return
         seen.claims_env = claims_env
         if known is not None:
-            self.decider.apply(node.ContainerRemoved(cid))
-        reply = self.decider.apply(node.ContainerCreated(self._info(seen, env, with_cpus=False)))
+            await self.decider.apply(node.ContainerRemoved(cid))
+        info = self._info(seen, env, with_cpus=False)
+        reply = await self.decider.apply(node.ContainerCreated(info))
         if isinstance(reply, node.RejectContainer):
             _log.error("cgroup fallback: %s; it runs on the shared pool", reply.reason)
             bare = tuple(e for e in env if not e.startswith(ENV_PREFIX))
-            reply = self.decider.apply(
+            reply = await self.decider.apply(
                 node.ContainerCreated(self._info(seen, bare, with_cpus=False))
             )
         if isinstance(reply, node.AdjustContainer):
@@ -270,12 +288,12 @@ class CgroupEnforcer:
     async def _event_loop(self, ino: inotify.Inotify) -> None:
         while True:
             for event in await ino.events():
-                self._handle(event)
+                await self._handle(event)
 
-    def _handle(self, event: inotify.InotifyEvent) -> None:
+    async def _handle(self, event: inotify.InotifyEvent) -> None:
         if event.mask & inotify.Q_OVERFLOW:
             _log.warning("cgroup fallback: inotify queue overflowed; rescanning the tree")
-            self._rescan()
+            await self._rescan()
             return
         parent = self._wds.get(event.wd)
         if parent is None:
@@ -285,21 +303,21 @@ class CgroupEnforcer:
             return
         path = parent / event.name if event.name else parent
         if event.mask & inotify.ISDIR and event.mask & (inotify.CREATE | inotify.MOVED_TO):
-            self._dir_added(path, decide=True)
+            await self._dir_added(path, decide=True)
         elif event.mask & inotify.ISDIR and event.mask & (inotify.DELETE | inotify.MOVED_FROM):
-            self._dir_removed(path)
+            await self._dir_removed(path)
         elif event.mask & inotify.MODIFY and parent in self._by_path:
             seen = self._seen.get(self._by_path[parent])
             if seen is None:
                 return
             if event.name == PROCS:
-                self._evaluate(seen)
+                await self._evaluate(seen)
             elif event.name == "cpuset.cpus":
                 known = self.decider.state.containers.get(seen.ident.container_id)
                 if known is not None:
                     self._enforce(seen, known.cpus)
 
-    def _rescan(self) -> None:
+    async def _rescan(self) -> None:
         assert self._inotify is not None
         for wd in list(self._wds):
             with contextlib.suppress(OSError):
@@ -307,16 +325,16 @@ class CgroupEnforcer:
         self._wds.clear()
         self._seen.clear()
         self._by_path.clear()
-        self._watch_tree()
-        self.reconcile()
+        await self._watch_tree()
+        await self.reconcile()
 
     async def _settle_loop(self) -> None:
         while True:
             await trio.sleep(self.poll)
             now = time.monotonic()
             for seen in list(self._seen.values()):
-                if now <= seen.settle_until:
-                    self._evaluate(seen)
+                if now <= seen.settle_until and seen.ident.container_id in self._seen:
+                    await self._evaluate(seen)
 
 
 def _claims_env(env: tuple[str, ...]) -> tuple[str, ...]:

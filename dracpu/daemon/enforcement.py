@@ -39,9 +39,9 @@ RETRY = Backoff(initial=1.0, maximum=30.0)
 
 
 class OwnerDecider:
-    """The :class:`dracpu.nri.policy.Decider` of the daemon: the state owner, in the caller's
-    task. ``Owner.apply_now`` steps and stores with no ``await`` in between, so a call from an
-    NRI handler cannot interleave with the owner task's own transitions (one trio thread)."""
+    """The :class:`dracpu.nri.policy.Decider` of the daemon: events are queued to the state
+    owner's task, which applies every transition (the kubelet's too) one group at a time, so
+    none interleave, even while a checkpoint is being synced."""
 
     def __init__(self, owner: Owner) -> None:
         self.owner = owner
@@ -51,9 +51,10 @@ class OwnerDecider:
         """The owner's current state."""
         return self.owner.state
 
-    def apply(self, event: node.Event) -> node.Effect | None:
-        """Apply ``event`` now; raises :class:`DracpuError` when it could not be persisted."""
-        applied = self.owner.apply_now(event)
+    async def apply(self, event: node.Event) -> node.Effect | None:
+        """Apply ``event`` through the owner; raises :class:`DracpuError` when it could not be
+        persisted. Cancellation: once queued, the event is applied; only the answer is lost."""
+        applied = await self.owner.apply(event)
         if applied.error is not None:
             raise DracpuError(applied.error)
         return applied.reply

@@ -4,10 +4,11 @@
 runtime request into a core event (:mod:`dracpu.nri.translate`), hands it to a
 :class:`Decider` and turns the reply effect into the NRI answer. It holds no state and no policy.
 
-The decider is synchronous on purpose: the node state is owned by one place (the daemon's
-:class:`~dracpu.daemon.owner.Owner`, whose ``apply_now`` runs ``step`` and stores the state with
-no ``await`` in between), and a CreateContainer must answer from memory under the runtime's NRI
-lock. :class:`StepDecider` is the same contract over a bare state, for tests and benches.
+The node state is owned by one place: the daemon's :class:`~dracpu.daemon.owner.Owner`, whose
+task applies every transition (``OwnerDecider`` queues events to it), so NRI and cgroup events
+never interleave with the kubelet's. A CreateContainer is answered from memory (no checkpoint
+is written for container events). :class:`StepDecider` is the same contract over a bare state,
+for tests and benches.
 
 Events subscribed (:data:`POLICY_EVENTS`): CreateContainer (pin or reject), UpdateContainer (the
 CRI rewriting a cpuset: our cpuset overrides it), StopContainer and RemoveContainer (the
@@ -75,11 +76,12 @@ class Decider(Protocol):
         """The current node state (read-only)."""
         ...
 
-    def apply(self, event: node.Event) -> node.Effect | None:
+    async def apply(self, event: node.Event) -> node.Effect | None:
         """Run ``step``, store the state, run the side effects; return the reply (or None).
 
-        Synchronous: nothing else may change the state in between. Raises
+        Transitions are applied one at a time by the state's one owner. Raises
         :class:`~dracpu.errors.DracpuError` when the state could not be persisted.
+        Cancellation: once queued, the event is applied; only the answer is lost.
         """
         ...
 
@@ -106,7 +108,11 @@ class StepDecider:
         """The current state."""
         return self._state
 
-    def apply(self, event: node.Event) -> node.Effect | None:
+    async def apply(self, event: node.Event) -> node.Effect | None:
+        """:meth:`apply_now`; cancellation cannot interrupt it (no await)."""
+        return self.apply_now(event)
+
+    def apply_now(self, event: node.Event) -> node.Effect | None:
         """Step, store, hand on updates; return the reply effect."""
         self._state, effects = node.step(self._state, event)
         reply: node.Effect | None = None
@@ -160,7 +166,7 @@ class PolicyHandler:
             for c in containers
             if c.state not in _GONE
         )
-        reply = self.decider.apply(node.RuntimeSynchronized(infos))
+        reply = await self.decider.apply(node.RuntimeSynchronized(infos))
         if not isinstance(reply, node.ReplySynchronize):
             return []
         _log.info("NRI synchronize: %d container(s), %d update(s)", len(infos), len(reply.updates))
@@ -171,11 +177,12 @@ class PolicyHandler:
     ) -> api.CreateContainerResponse:
         """Pin the new container (and shrink shared ones), or fail its creation.
 
-        Raises :class:`ContainerRejectedError` with the policy's reason. Cancellation: the
-        decision is applied synchronously before any await; the runtime retries the create.
+        Raises :class:`ContainerRejectedError` with the policy's reason. Cancellation (the
+        runtime's deadline): a queued decision is still applied; the runtime retries the create
+        as the same consumer.
         """
         info = translate.container_info(translate.pod_info(pod), container, kind_of=self.kind_of)
-        reply = self.decider.apply(node.ContainerCreated(info))
+        reply = await self.decider.apply(node.ContainerCreated(info))
         if isinstance(reply, node.RejectContainer):
             _log.warning("rejected %s: %s", info, reply.reason)
             raise ContainerRejectedError(reply.reason)
@@ -189,10 +196,10 @@ class PolicyHandler:
         """A CRI resource update: the reply re-asserts the policy's cpuset (overriding the CRI's).
 
         A container not seen before (created while dracpu was away) is placed as a creation
-        would be. Cancellation: the decision is applied synchronously before any await.
+        would be. Cancellation: a queued event is still applied.
         """
         info = translate.container_info(translate.pod_info(pod), container, kind_of=self.kind_of)
-        reply = self.decider.apply(node.ContainerUpdating(info))
+        reply = await self.decider.apply(node.ContainerUpdating(info))
         if not isinstance(reply, node.ReplyUpdate):
             return []
         return translate.to_updates(reply.updates)
@@ -201,7 +208,7 @@ class PolicyHandler:
         self, pod: api.PodSandbox, container: api.Container
     ) -> Sequence[api.ContainerUpdate]:
         """The container stopped: it no longer consumes its claim. Cancellation: applied."""
-        self.decider.apply(node.ContainerRemoved(container.id))
+        await self.decider.apply(node.ContainerRemoved(container.id))
         return []
 
     async def state_changed(
@@ -209,7 +216,7 @@ class PolicyHandler:
     ) -> None:
         """RemoveContainer forgets the container; other notifications are ignored."""
         if event == api.Event.REMOVE_CONTAINER and container is not None:
-            self.decider.apply(node.ContainerRemoved(container.id))
+            await self.decider.apply(node.ContainerRemoved(container.id))
 
 
 class _Plugin(Protocol):

@@ -79,7 +79,7 @@ async def test_pins_exclusive_and_shared_and_undoes_rewrites(driver: Driver) -> 
             excl.rmdir()
             await until(lambda: "ctrexcl" not in decider.state.containers, "the removal")
             decider.on_updates = enforcer.submit
-            decider.apply(node.Unprepare((ClaimRef("", "", "c1"),)))
+            decider.apply_now(node.Unprepare((ClaimRef("", "", "c1"),)))
             assert allowed_cpus(shared_pid) == "0-1"
             assert shared.exists()
             nursery.cancel_scope.cancel()

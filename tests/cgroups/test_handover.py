@@ -43,6 +43,7 @@ async def test_fallback_then_nri_then_fallback(
             handover_grace=0.2,
         )
         async with trio.open_nursery() as nursery:
+            await nursery.start(owner.run)
             nursery.start_soon(enforcement.run)
             await until(lambda: enforcement.active == "cgroups", "the fallback to start")
             pod = cg.pod(POD_A)

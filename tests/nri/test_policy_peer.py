@@ -102,7 +102,7 @@ async def test_exclusive_pin_shrinks_then_unprepare_widens(
                 assert adjusted_cpus(rsp) == "0-7"
                 assert not decider.state.containers["s1"].claims
                 # The kubelet prepares a claim; its container is created next.
-                decider.apply(
+                decider.apply_now(
                     node.Prepare(
                         (ClaimRef("default", "claim-c1", "c1"),),
                         {"c1": parsed("c1", [grouped("cpudevmachine", 2)], [cpuset_config("2-3")])},
@@ -119,7 +119,7 @@ async def test_exclusive_pin_shrinks_then_unprepare_widens(
                 await peer.command("stop-container", id="e1")
                 await peer.command("remove-container", id="e1")
                 start = len(peer.events)
-                decider.apply(node.Unprepare((ClaimRef("default", "claim-c1", "c1"),)))
+                decider.apply_now(node.Unprepare((ClaimRef("default", "claim-c1", "c1"),)))
                 i = await peer.wait_event(lambda e: e.get("ev") == "update-containers", start=start)
                 assert update_cpus(peer.events[i]["updates"]) == {"s1": "0-7"}
             nursery.cancel_scope.cancel()
