@@ -6,9 +6,10 @@ runtime request into a core event (:mod:`dracpu.nri.translate`), hands it to a
 
 The node state is owned by one place: the daemon's :class:`~dracpu.daemon.owner.Owner`, whose
 task applies every transition (``OwnerDecider`` queues events to it), so NRI and cgroup events
-never interleave with the kubelet's. A CreateContainer is answered from memory (no checkpoint
-is written for container events). :class:`StepDecider` is the same contract over a bare state,
-for tests and benches.
+never interleave with the kubelet's. A CreateContainer is answered from memory: container
+events write no checkpoint of their own (one queued together with a kubelet prepare waits for
+that group's write). :class:`StepDecider` is the same contract over a bare state, for tests and
+benches.
 
 Events subscribed (:data:`POLICY_EVENTS`): CreateContainer (pin or reject), UpdateContainer (the
 CRI rewriting a cpuset: our cpuset overrides it), StopContainer and RemoveContainer (the
@@ -152,8 +153,8 @@ class PolicyHandler:
         Pins of known claims stay; drifted exclusive containers are re-pinned; running
         containers of claims the state lacks are adopted when valid and free (migration from
         the upstream driver); shared containers are re-asserted. Stopped containers are left
-        out: they consume nothing. Cancellation: the state change is already applied (it is
-        synchronous); the next Synchronize computes the same answer.
+        out: they consume nothing. Cancellation: a queued event is still applied; the next
+        Synchronize computes the same answer.
         """
         by_id = {p.id: translate.pod_info(p) for p in pods}
         infos = tuple(
