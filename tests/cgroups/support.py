@@ -61,9 +61,11 @@ class Node:
             make_cgroup(qos_dir, self.cpus)
         return make_cgroup(qos_dir / pod_name, self.cpus)
 
-    def container(self, pod: Path, cid: str, env: dict[str, str]) -> tuple[Path, int]:
-        """A container cgroup with a ``sleep`` whose env is ``env``, moved in as runc does."""
-        proc = subprocess.Popen(["sleep", "300"], env={"PATH": os.environ["PATH"], **env})
+    def container(
+        self, pod: Path, cid: str, env: dict[str, str], argv: tuple[str, ...] = ("sleep", "300")
+    ) -> tuple[Path, int]:
+        """A container cgroup with a process (``argv``, env ``env``), moved in as runc does."""
+        proc = subprocess.Popen(list(argv), env={"PATH": os.environ["PATH"], **env})
         self.processes.append(proc)
         name = f"cri-containerd-{cid}.scope" if self.systemd else cid
         cgroup = make_cgroup(pod / name, self.cpus)

@@ -99,6 +99,22 @@ async def test_forged_env_runs_on_the_shared_pool() -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_env_after_exec_is_seen() -> None:
+    """As with runc: the process in the new cgroup first has the runtime's env, then execs the
+    container's command with the container's env (``DRA_CPUSET_*`` included)."""
+    decider = StepDecider(two_cpus(("c1", "1")))
+    with cgroup_node() as cg, trio.fail_after(20):
+        tree = CgroupTree(cg.kubepods, Driver.CGROUPFS, 1)
+        async with trio.open_nursery() as nursery:
+            await nursery.start(CgroupEnforcer(tree, decider, settle=3.0).run)
+            argv = ("sh", "-c", "sleep 0.3; exec env DRA_CPUSET_c1=1 sleep 300")
+            _, pid = cg.container(cg.pod(POD_A), "ctrlate", {"RUNTIME": "1"}, argv)
+            await until(lambda: allowed_cpus(pid) == "0", "the shared pool before exec")
+            await until(lambda: allowed_cpus(pid) == "1", "the pin after exec")
+            assert decider.state.containers["ctrlate"].claims == ("c1",)
+            nursery.cancel_scope.cancel()
+
+
 async def test_start_adopts_and_reconciles_running_containers() -> None:
     """Containers running before the fallback starts (a node that ran the upstream driver)."""
     decider = StepDecider(two_cpus())
