@@ -301,6 +301,7 @@ Event = (
     Prepare
     | Unprepare
     | ContainerCreated
+    | ContainerUpdating
     | ContainerRemoved
     | RuntimeSynchronized
     | TopologyChanged

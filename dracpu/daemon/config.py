@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import json
 import socket
 from collections.abc import Callable, Mapping
@@ -25,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from dracpu.cgroups.layout import Driver
 from dracpu.core.allocator import AllocationOptions, Strategy
 from dracpu.core.cpuset import CpuSet
 from dracpu.core.slices import DeviceMode, GroupBy
@@ -34,6 +36,7 @@ __all__ = [
     "CONFIG_API_VERSION",
     "FIELDS",
     "ConfigError",
+    "EnforcementMode",
     "Field",
     "RunConfig",
     "load_file",
@@ -42,6 +45,14 @@ __all__ = [
 ]
 
 CONFIG_API_VERSION = "v1alpha1"
+
+
+class EnforcementMode(enum.StrEnum):
+    """How container cpusets are enforced (see :mod:`dracpu.daemon.enforcement`)."""
+
+    AUTO = "auto"
+    NRI = "nri"
+    CGROUPS = "cgroups"
 
 
 class ConfigError(InvalidValueError):
@@ -66,6 +77,10 @@ class RunConfig:
     cdi_dir: Path = Path("/var/run/cdi")
     state_dir: Path = Path("/var/lib/dracpu")
     nri_socket: Path = Path("/var/run/nri/nri.sock")
+    enforcement: EnforcementMode = EnforcementMode.AUTO
+    cgroup_root: Path = Path("/sys/fs/cgroup")
+    cgroup_driver: Driver = Driver.CGROUPFS
+    kubelet_cgroup_root: str = "/"
     full_pcpus_only: bool = False
     distribute_across_numa: bool = False
     strategy: Strategy = Strategy.PACKED
@@ -105,6 +120,15 @@ def _boolean(value: object, where: str) -> bool:
     return value
 
 
+def _cgroup_path(value: object, where: str) -> str:
+    text = _string(value, where)
+    if not text.startswith("/") or ".." in text.split("/"):
+        raise ConfigError(
+            f"must be an absolute cgroup path without '..', got {text!r}", value=value, origin=where
+        )
+    return text
+
+
 def _abs_path(value: object, where: str) -> Path:
     text = _string(value, where)
     if not text or not text.startswith("/"):
@@ -119,7 +143,7 @@ def _cpuset(value: object, where: str) -> CpuSet:
         raise ConfigError(str(exc), value=value, origin="") from exc
 
 
-def _enum(kind: type[DeviceMode] | type[GroupBy] | type[Strategy]) -> Callable[[object, str], Any]:
+def _enum(kind: type[enum.StrEnum]) -> Callable[[object, str], Any]:
     def parse(value: object, where: str) -> Any:
         text = _string(value, where)
         try:
@@ -237,6 +261,28 @@ FIELDS: tuple[Field, ...] = (
         "directory of the checkpoint and the status socket",
     ),
     Field("nriSocket", "--nri-socket", "nri_socket", _abs_path, "the runtime's NRI socket"),
+    Field(
+        "enforcement",
+        "--enforcement",
+        "enforcement",
+        _enum(EnforcementMode),
+        "auto (NRI, cgroup fallback while NRI is unavailable), nri or cgroups",
+    ),
+    Field("cgroupRoot", "--cgroup-root", "cgroup_root", _abs_path, "the cgroup mount point"),
+    Field(
+        "cgroupDriver",
+        "--cgroup-driver",
+        "cgroup_driver",
+        _enum(Driver),
+        "the kubelet's cgroup driver: cgroupfs or systemd",
+    ),
+    Field(
+        "kubeletCgroupRoot",
+        "--kubelet-cgroup-root",
+        "kubelet_cgroup_root",
+        _cgroup_path,
+        "the kubelet's --cgroup-root (its kubepods cgroup lives below it)",
+    ),
     Field(
         "fullPCPUsOnly",
         "--full-pcpus-only",

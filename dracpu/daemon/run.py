@@ -48,6 +48,7 @@ from dracpu.core.slices import build_slice_specs
 from dracpu.core.topology import Topology
 from dracpu.daemon.claim_status import ClaimStatusWriter
 from dracpu.daemon.config import RunConfig, node_name
+from dracpu.daemon.enforcement import Enforcement
 from dracpu.daemon.handler import DaemonClaimHandler
 from dracpu.daemon.health import NodeHealth, device_health, node_health
 from dracpu.daemon.owner import Owner
@@ -146,6 +147,7 @@ class Daemon:
     """Claim UIDs held at start (from the checkpoint or CDI): what restart recovery checks."""
     timeline: dict[str, float] = field(default_factory=dict)
     plugin_config: KubeletPluginConfig | None = None
+    enforcement: Enforcement | None = None
 
     def slice_specs(self, state: node.NodeState) -> list[dict[str, Any]]:
         """The desired ResourceSlice specs for ``state``'s topology."""
@@ -193,7 +195,8 @@ class Daemon:
             ("claim status writer", self.status_writer.run),
             ("restart recovery", self._recover),
             ("milestones", self._milestones),
-            # Later issues: ("nri plugin", ...), ("http endpoint", ...).
+            *([("enforcement", self.enforcement.run)] if self.enforcement is not None else []),
+            # Later issues: ("http endpoint", ...).
         ]
 
     async def _watch_registration(self) -> None:
@@ -402,6 +405,14 @@ def build_daemon(
         ),
     )
     owner.on_republish = daemon.republish
+    daemon.enforcement = Enforcement(
+        owner,
+        mode=config.enforcement,
+        nri_socket=config.nri_socket,
+        cgroup_mount=config.cgroup_root,
+        cgroup_driver=config.cgroup_driver,
+        kubelet_cgroup_root=config.kubelet_cgroup_root,
+    )
     daemon.republish(state)
     return daemon
 

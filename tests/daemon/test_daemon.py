@@ -75,6 +75,8 @@ async def start(
         cdi_dir=root / "cdi",
         state_dir=root / "state",
         kubeconfig=str(root / "kubeconfig"),
+        nri_socket=overrides.pop("nri_socket", root / "nri.sock"),
+        cgroup_root=overrides.pop("cgroup_root", root / "cgroup"),
         release_grace_period=overrides.pop("release_grace_period", 0.0),
         **overrides,
     )
