@@ -44,6 +44,9 @@ from dracpu.checkpoint import CheckpointStore, CheckpointVersionError
 from dracpu.core import node
 from dracpu.core.claims import ClaimRef
 from dracpu.core.cpuset import CpuSet
+from dracpu.core.memory_prepare import memory_env
+from dracpu.core.memory_slices import MemoryDevice, MemorySliceOptions
+from dracpu.core.memory_slices import memory_devices as memory_devices_of
 from dracpu.core.slices import build_slice_specs
 from dracpu.core.topology import Topology
 from dracpu.daemon.claim_status import ClaimStatusWriter
@@ -51,6 +54,7 @@ from dracpu.daemon.config import RunConfig, node_name
 from dracpu.daemon.enforcement import Enforcement
 from dracpu.daemon.handler import DaemonClaimHandler
 from dracpu.daemon.health import NodeHealth, device_health, node_health
+from dracpu.daemon.memory import MEMORY_DRIVER, MemoryDriver
 from dracpu.daemon.owner import Owner
 from dracpu.daemon.status import serve_status, status_document
 from dracpu.errors import DracpuError, InvalidValueError
@@ -66,7 +70,9 @@ from dracpu.kubelet import (
     RegistrationStatusBoard,
     serve_kubelet_plugin,
 )
+from dracpu.memory_cdi import MemoryCdiDir
 from dracpu.sysfs import read_topology
+from dracpu.sysfs_memory import read_memory
 
 __all__ = ["EXIT_FAILED", "STOP_GRACE", "Daemon", "load_state", "main", "run_daemon"]
 
@@ -148,6 +154,8 @@ class Daemon:
     timeline: dict[str, float] = field(default_factory=dict)
     plugin_config: KubeletPluginConfig | None = None
     enforcement: Enforcement | None = None
+    memory: MemoryDriver | None = None
+    """The ``dra.memory`` driver, when ``--memory-driver`` is on."""
 
     def slice_specs(self, state: node.NodeState) -> list[dict[str, Any]]:
         """The desired ResourceSlice specs for ``state``'s topology."""
@@ -196,6 +204,7 @@ class Daemon:
             ("restart recovery", self._recover),
             ("milestones", self._milestones),
             *([("enforcement", self.enforcement.run)] if self.enforcement is not None else []),
+            *(self.memory.members(self.owner) if self.memory is not None else []),
             # Later issues: ("http endpoint", ...).
         ]
 
@@ -344,6 +353,10 @@ def build_daemon(
             origin="reservedCPUs",
         )
     name = node_name(config) if hostname is None else node_name(config, hostname)
+    memory_topology = read_memory(config.sysfs_root) if config.memory_driver else None
+    memory_devices: tuple[MemoryDevice, ...] = ()
+    if memory_topology is not None:
+        memory_devices = tuple(memory_devices_of(memory_topology, MemorySliceOptions(name)))
     node_config = node.NodeConfig(
         pool=name,
         mode=config.cpu_device_mode,
@@ -351,10 +364,22 @@ def build_daemon(
         reserved=config.reserved_cpus,
         defaults=config.allocation_defaults,
         driver=DRIVER_NAME,
+        memory_devices=memory_devices,
+        bind_memory_to_cpus=config.bind_memory_to_cpus,
     )
     store = CheckpointStore(config.state_dir)
     cdi = CdiDir(config.cdi_dir)
     state, kind = load_state(topology, node_config, store, cdi)
+    memory_cdi = MemoryCdiDir(config.cdi_dir)
+    fixed_memory = memory_cdi.reconcile(
+        {uid: memory_env(a) for uid, a in state.memory.items() if a.grants}
+    )
+    if fixed_memory.written or fixed_memory.removed:
+        _log.info(
+            "memory CDI specs reconciled: %d rewritten, %d orphan(s) removed",
+            len(fixed_memory.written),
+            len(fixed_memory.removed),
+        )
     fixed = cdi.reconcile({uid: c.cpus for uid, c in state.claims.items() if c.cpus})
     if fixed.written or fixed.removed:
         _log.info(
@@ -383,6 +408,7 @@ def build_daemon(
         cdi=cdi,
         on_claim_status=status_writer.submit,
         crash_at=env.get("DRACPU_TEST_CRASH_AT") or None,
+        memory_cdi=memory_cdi,
     )
     daemon = Daemon(
         config=config,
@@ -405,6 +431,23 @@ def build_daemon(
         ),
     )
     owner.on_republish = daemon.republish
+    if memory_topology is not None:
+        daemon.memory = MemoryDriver(
+            topology=memory_topology,
+            node_name=name,
+            publisher=SlicePublisher(client, node_name=name, driver=MEMORY_DRIVER),
+            cache=ClaimCache(client, node_name=name, driver=MEMORY_DRIVER),
+            plugin_config=dataclasses.replace(daemon.plugin_config, driver_name=MEMORY_DRIVER)
+            if daemon.plugin_config is not None
+            else KubeletPluginConfig(driver_name=MEMORY_DRIVER),
+        )
+        daemon.memory.publisher.set_desired(daemon.memory.slice_specs())
+        _log.info(
+            "memory driver %s: %d device(s) (%s)",
+            MEMORY_DRIVER,
+            len(memory_devices),
+            ", ".join(d.name for d in memory_devices) or "none",
+        )
     daemon.enforcement = Enforcement(
         owner,
         mode=config.enforcement,

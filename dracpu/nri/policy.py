@@ -189,7 +189,12 @@ class PolicyHandler:
             raise ContainerRejectedError(reply.reason)
         if not isinstance(reply, node.AdjustContainer):
             raise ContainerRejectedError(f"{info}: the policy gave no answer")
-        return translate.create_response(reply.cpus, reply.updates)
+        return translate.create_response(
+            reply.cpus,
+            reply.updates,
+            mems=reply.memory.mems_text,
+            hugepage_limits=reply.memory.hugepage_limits,
+        )
 
     async def update_container(
         self, pod: api.PodSandbox, container: api.Container, resources: api.LinuxResources | None
