@@ -111,6 +111,8 @@ def memory_of(
                 f"{container}: env {variable} names memory claim {uid}, which is not prepared "
                 "on this node"
             )
+        if nodes is None:
+            return MemoryRejected(f"{container}: env {variable} is not a NUMA node list")
         if nodes != assignment.numa_nodes:
             return MemoryRejected(
                 f"{container}: env {variable} names NUMA nodes {nodes} but claim {uid} is "
