@@ -126,10 +126,10 @@ async def test_memory_driver_prepare_unprepare(
     spec_file = root / "cdi" / f"dra.k8s.io-memory_claim-{UID}.json"
     doc = json.loads(spec_file.read_text())
     assert doc["kind"] == "dra.k8s.io/memory"
-    env = doc["devices"][0]["containerEdits"]["env"]
-    assert f"DRAMEMORY_{UID}_memory=numanode:1,size:1Gi" in env
-    assert f"DRAMEMORY_{UID}_hugepages_2Mi=numanode:1,size:8Mi" in env
-    assert f"DRAMEMORY_{UID}_NUMANodes=1" in env
+    edits = doc["devices"][0]["containerEdits"]["env"]
+    assert f"DRAMEMORY_{UID}_memory=numanode:1,size:1Gi" in edits
+    assert f"DRAMEMORY_{UID}_hugepages_2Mi=numanode:1,size:8Mi" in edits
+    assert f"DRAMEMORY_{UID}_NUMANodes=1" in edits
     # One checkpoint holds both drivers' state.
     body = CheckpointStore(root / "state").load().body
     assert body is not None
