@@ -7,15 +7,19 @@ ResourceSlices (pool = node name). Its claims are prepared through the same stat
 :class:`~dracpu.daemon.owner.Owner` as CPU claims, so both are durable in one write-ahead
 checkpoint and the pinning policy sees both (``cpuset.mems``, hugetlb limits).
 
-Its members (kubelet plugin, slice publisher, claim cache) join the daemon's supervised group.
+Its members (kubelet plugin, slice publisher, claim cache, restart recovery) join the daemon's
+supervised group. Restart recovery releases memory claims held at start whose UID the claim
+cache (claims allocated to this node for ``dra.memory``) no longer has once it listed, after the
+release grace period: deleted or deallocated while the daemon was down.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import trio
 
@@ -133,6 +137,12 @@ class MemoryDriver:
     plugin_config: KubeletPluginConfig
     registration: RegistrationStatusBoard = field(default_factory=RegistrationStatusBoard)
     health: HealthBoard = field(default_factory=HealthBoard)
+    start_claims: tuple[str, ...] = ()
+    """Memory claim UIDs held at start: what restart recovery checks."""
+    release_grace_period: float = 60.0
+    started_at: float = field(default_factory=time.monotonic)
+    released_at_start: tuple[str, ...] = ()
+    recovery_done: bool = False
 
     def slice_specs(self) -> list[dict[str, Any]]:
         """The desired ``dra.memory`` ResourceSlice specs."""
@@ -150,8 +160,34 @@ class MemoryDriver:
                 registration=self.registration,
             )
 
+        async def recover() -> NoReturn:
+            await self.recover(owner)
+
         return [
             ("memory kubelet plugin", kubelet),
             ("memory slice publisher", self.publisher.run),
             ("memory claim cache", self.cache.run),
+            ("memory restart recovery", recover),
         ]
+
+    async def recover(self, owner: Owner) -> NoReturn:
+        """Release start-time memory claims the API no longer allocates here (module docs),
+        once per process. Cancellation: a release in flight completes in the owner."""
+        if not self.recovery_done:
+            wait = self.release_grace_period - (time.monotonic() - self.started_at)
+            await trio.sleep(max(wait, 0.0))
+            await self.cache.reflector.synced.wait()
+            known = {(c.get("metadata") or {}).get("uid") for c in self.cache.claims()}
+            gone = [
+                uid for uid in self.start_claims if uid in owner.state.memory and uid not in known
+            ]
+            if gone:
+                _log.info(
+                    "releasing %d memory claim(s) gone from the API while dracpu was down: %s",
+                    len(gone),
+                    ", ".join(gone),
+                )
+                await owner.apply(node.UnprepareMemory(tuple(ClaimRef("", "", u) for u in gone)))
+            self.released_at_start = tuple(gone)
+            self.recovery_done = True
+        await trio.sleep_forever()

@@ -440,6 +440,9 @@ def build_daemon(
             plugin_config=dataclasses.replace(daemon.plugin_config, driver_name=MEMORY_DRIVER)
             if daemon.plugin_config is not None
             else KubeletPluginConfig(driver_name=MEMORY_DRIVER),
+            start_claims=tuple(sorted(state.memory)),
+            release_grace_period=config.release_grace_period,
+            started_at=started,
         )
         daemon.memory.publisher.set_desired(daemon.memory.slice_specs())
         _log.info(

@@ -144,15 +144,27 @@ async def test_memory_driver_prepare_unprepare(
     assert OTHER in response.claims[OTHER].error
     assert "'lots'" in response.claims["bad"].error
 
+    # A claim deleted while the daemon is down is released after the restart.
+    gone = "5e6f7a8b-0000-4000-8000-000000000002"
+    r.put_claim(claim(gone, [memory_result("mem", "memory-numa000", "1Gi")]))
+    assert (await memory_call(r, api, "prepare", gone)).claims[gone].error == ""
+
     # A restart keeps the assignment (checkpoint) and the spec.
     r.scope.cancel()
     await trio.sleep(0.05)
-    r2 = await start(nursery, root, fake, memory_driver=True)
+    fake.remove_object("resourceclaims", f"ns/claim-{gone}")
+    r2 = await start(nursery, root, fake, memory_driver=True, release_grace_period=0.1)
     assert r2.daemon.start_kind == "checkpoint"
     assert r2.daemon.owner.state.claims[UID].cpus == cpus
     held = r2.daemon.owner.state.memory[UID]
     assert held.numa_nodes == (1,)
     assert MemoryCdiDir(root / "cdi").read_all()[UID] == tuple(memory_env(held))
+    memory = r2.daemon.memory
+    assert memory is not None
+    await wait_for(lambda: memory.recovery_done, 10)
+    assert memory.released_at_start == (gone,)
+    assert set(r2.daemon.owner.state.memory) == {UID}
+    assert set(MemoryCdiDir(root / "cdi").read_all()) == {UID}
 
     # Unprepare through the memory plugin releases memory only; the CPU claim stays.
     response = await memory_call(r2, api, "unprepare", UID)
