@@ -124,9 +124,7 @@ def decode_json(data: bytes, *, method: str, url: str) -> Any:
     return body
 
 
-def _expect(
-    value: Any, kind: type | tuple[type, ...], where: str, method: str, url: str
-) -> None:
+def _expect(value: Any, kind: type | tuple[type, ...], where: str, method: str, url: str) -> None:
     if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
         kinds = kind if isinstance(kind, tuple) else (kind,)
         raise BadBodyError(

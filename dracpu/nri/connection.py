@@ -30,6 +30,7 @@ import trio
 
 from dracpu.nri import mux, ttrpc
 from dracpu.nri.errors import ConnectionClosedError, FrameError, RpcStatusError
+from dracpu.nri.lazy import read_ttrpc_request, ttrpc_response
 from dracpu.nri.ttrpc import Code, MessageType
 from generated.google.rpc import Status
 from generated.ttrpc import Request, Response
@@ -260,7 +261,7 @@ class MuxConnection:
         self._handler_tasks.add(task)
         try:
             try:
-                request = Request.parse(msg.body)
+                request = read_ttrpc_request(msg.body)
             except Exception as exc:
                 await self._reply_error(
                     msg.stream_id, Code.INVALID_ARGUMENT, f"undecodable ttrpc request: {exc}"
@@ -289,9 +290,7 @@ class MuxConnection:
                     timeout,
                 )
                 return
-            if status is not None:
-                payload = b""
-            body = bytes(Response(status=status, payload=payload))
+            body = bytes(Response(status=status)) if status is not None else ttrpc_response(payload)
             if len(body) > ttrpc.MAX_MESSAGE_LENGTH:
                 log.error(
                     "%s: response to %s is %d bytes, over the ttrpc limit",
