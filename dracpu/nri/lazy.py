@@ -96,16 +96,30 @@ def _scan(
     out: dict[int, list[tuple[int, int]]] = {}
     i = start
     while i < end:
-        tag, i = _varint(buf, i)
+        tag = buf[i]
+        if tag < 0x80:  # one-byte tag: field numbers 1-15
+            i += 1
+        else:
+            tag, i = _varint(buf, i)
         wire = tag & 7
         if wire == 2:
-            size, i = _varint(buf, i)
+            size = buf[i]
+            if size < 0x80:
+                i += 1
+            else:
+                size, i = _varint(buf, i)
             number = tag >> 3
             if number in wanted:
-                out.setdefault(number, []).append((i, i + size))
+                spans = out.get(number)
+                if spans is None:
+                    out[number] = [(i, i + size)]
+                else:
+                    spans.append((i, i + size))
             i += size
         elif wire == 0:
-            _, i = _varint(buf, i)
+            while buf[i] >= 0x80:
+                i += 1
+            i += 1
         elif wire == 1:
             i += 8
         else:  # 5; groups and undefined types were refused by the check
