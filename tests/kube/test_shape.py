@@ -142,3 +142,12 @@ def test_status_objects_keep_their_string_status() -> None:
     assert check_object(status, method="DELETE", url=U) is status
     event = json.loads(json.dumps({"type": "ERROR", "object": status}))
     assert check_watch_event(event, url=U)["object"]["code"] == 410
+
+
+def test_spec_devices_is_an_array_for_slices_and_an_object_for_claims() -> None:
+    claim = {"metadata": {"name": "c"}, "spec": {"devices": {"requests": [{"name": "cpu"}]}}}
+    assert check_object(claim, method="GET", url=U) is claim
+    bad = {"metadata": {"name": "s"}, "spec": {"devices": "cpu0"}}
+    with pytest.raises(BadBodyError) as exc:
+        check_object(bad, method="GET", url=U)
+    assert "is a string, expected an array or an object" in str(exc.value)
