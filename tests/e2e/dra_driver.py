@@ -44,7 +44,13 @@ class DraDriver:
     """One driver process; ``calls`` is its JSON-lines call log, ``log`` its stdout/stderr."""
 
     def __init__(self, rig: Rig, argv: Sequence[str], calls: Path, log: Path, driver: str) -> None:
-        self.rig, self.argv, self.calls_file, self.log, self.driver = rig, list(argv), calls, log, driver
+        self.rig, self.argv, self.calls_file, self.log, self.driver = (
+            rig,
+            list(argv),
+            calls,
+            log,
+            driver,
+        )
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

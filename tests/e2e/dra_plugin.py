@@ -97,7 +97,10 @@ class CdiClaimHandler:
             return ClaimFailed(error=f"claim {claim.namespace}/{claim.name} has another UID")
         results = [
             r
-            for r in obj.get("status", {}).get("allocation", {}).get("devices", {}).get("results", [])
+            for r in obj.get("status", {})
+            .get("allocation", {})
+            .get("devices", {})
+            .get("results", [])
             if r["driver"] == self.driver
         ]
         names = [r["device"] for r in results]

@@ -30,7 +30,9 @@ def test_node_is_ready_and_registered_by_the_kubelet(rig: Rig, kube: httpx.Clien
     node = get(kube, f"/api/v1/nodes/{rig.node_name}")
     info = node["status"]["nodeInfo"]
     assert info["kubeletVersion"] == rig.versions["KUBERNETES_VERSION"]
-    assert info["containerRuntimeVersion"] == "containerd://" + rig.versions["CONTAINERD_VERSION"].lstrip("v")
+    assert info["containerRuntimeVersion"] == "containerd://" + rig.versions[
+        "CONTAINERD_VERSION"
+    ].lstrip("v")
     addresses = {a["type"]: a["address"] for a in node["status"]["addresses"]}
     assert addresses["InternalIP"] == rig.node_ip
     ready = [c for c in node["status"]["conditions"] if c["type"] == "Ready"]
