@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e.dra_driver import DraDriver, plugin_argv
-from tests.e2e.kube import Created, kube_client
+from tests.e2e.dra_driver import DraDriver, DriverCommand, DriverFactory, plugin_argv
+from tests.e2e.kube import RESOURCE, Created, kube_client
 from tests.e2e.rig import Rig, current, rig_is_up
 
 DRIVER = "dra.cpu"
-RESOURCE = "/apis/resource.k8s.io/v1"
 
 
 @pytest.fixture(scope="session")
@@ -32,11 +31,6 @@ def kube(rig: Rig) -> Iterator[httpx.Client]:
     """An httpx client for the rig's apiserver, authenticated as the rig admin."""
     with kube_client(rig) as client:
         yield client
-
-
-# A command line for one DRA driver process: (rig, call log, options) -> argv.
-DriverCommand = Callable[..., list[str]]
-DriverFactory = Callable[..., DraDriver]
 
 
 @pytest.fixture

@@ -13,12 +13,15 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from tests.e2e.kube import wait_for
 from tests.e2e.rig import REPO_ROOT, Rig
+
+# A command line for one DRA driver process: (rig, call log, driver=..., options) -> argv.
+DriverCommand = Callable[..., list[str]]
 
 
 def plugin_argv(
@@ -106,3 +109,8 @@ class DraDriver:
 
     def unprepared(self, uid: str) -> int:
         return sum(1 for c in self.calls("unprepare") if c["uid"] == uid)
+
+
+# Starts one driver process with options (``devices=``, ``fail_prepare=``) and waits for the
+# kubelet to register it (the ``dra_driver_factory`` fixture).
+DriverFactory = Callable[..., DraDriver]

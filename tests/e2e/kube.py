@@ -22,6 +22,8 @@ from tests.e2e.rig import Rig
 
 T = TypeVar("T")
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+RESOURCE = "/apis/resource.k8s.io/v1"
+SLICES = f"{RESOURCE}/resourceslices"
 
 
 class WaitTimeout(AssertionError):
@@ -232,3 +234,41 @@ class Created:
         for path in reversed(self.paths):
             self.kube.delete(path)
         self.paths.clear()
+
+
+# ------------------------------------------------------------------------------ DRA
+def node_slices(kube: httpx.Client, rig: Rig) -> list[dict[str, Any]]:
+    body = get(kube, SLICES, fieldSelector=f"spec.nodeName={rig.node_name},spec.driver=dra.cpu")
+    items: list[dict[str, Any]] = body["items"]
+    return items
+
+
+def claim(created: Created, device_class: str, name: str) -> dict[str, Any]:
+    """A ResourceClaim for one device of ``device_class`` (request ``cpus``)."""
+    obj: dict[str, Any] = created.post(
+        f"{RESOURCE}/namespaces/{created.ns}/resourceclaims",
+        {
+            "metadata": {"name": name},
+            "spec": {
+                "devices": {
+                    "requests": [{"name": "cpus", "exactly": {"deviceClassName": device_class}}]
+                }
+            },
+        },
+    )
+    return obj
+
+
+def claim_pod(
+    rig: Rig, name: str, claim_name: str, *, resources: dict[str, Any] | None = None, **spec: Any
+) -> dict[str, Any]:
+    """A pod whose container ``main`` uses claim ``cpus`` (option B when ``resources`` is set)."""
+    main = busybox_container(
+        rig,
+        "main",
+        "echo started; sleep 3600",
+        resources={"claims": [{"name": "cpus"}], **(resources or {})},
+    )
+    return pod_body(
+        name, [main], resourceClaims=[{"name": "cpus", "resourceClaimName": claim_name}], **spec
+    )

@@ -17,18 +17,21 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.conftest import RESOURCE, DriverFactory
-from tests.e2e.dra_driver import DraDriver
+from tests.e2e.dra_driver import DraDriver, DriverFactory
 from tests.e2e.dra_plugin import FAILURE_TEXT
 from tests.e2e.kube import (
+    RESOURCE,
     Created,
     busybox_container,
+    claim,
+    claim_pod,
     container_cgroup,
     container_id,
     container_process,
     cpu_quota,
     event_messages,
     get,
+    node_slices,
     pod_body,
     pod_cgroup,
     pod_log,
@@ -41,49 +44,11 @@ from tests.e2e.rig import Rig
 pytestmark = pytest.mark.e2e
 
 NS = "default"
-SLICES = f"{RESOURCE}/resourceslices"
 GUARANTEED_1CPU = {"cpu": "1", "memory": "64Mi"}
 
 
 def _tag() -> str:
     return uuid.uuid4().hex[:8]
-
-
-def node_slices(kube: httpx.Client, rig: Rig) -> list[dict[str, Any]]:
-    body = get(kube, SLICES, fieldSelector=f"spec.nodeName={rig.node_name},spec.driver=dra.cpu")
-    items: list[dict[str, Any]] = body["items"]
-    return items
-
-
-def claim(created: Created, device_class: str, name: str) -> dict[str, Any]:
-    """A ResourceClaim for one device of ``device_class`` (request ``cpus``)."""
-    obj: dict[str, Any] = created.post(
-        f"{RESOURCE}/namespaces/{NS}/resourceclaims",
-        {
-            "metadata": {"name": name},
-            "spec": {
-                "devices": {
-                    "requests": [{"name": "cpus", "exactly": {"deviceClassName": device_class}}]
-                }
-            },
-        },
-    )
-    return obj
-
-
-def claim_pod(
-    rig: Rig, name: str, claim_name: str, *, resources: dict[str, Any] | None = None, **spec: Any
-) -> dict[str, Any]:
-    """A pod whose container ``main`` uses claim ``cpus`` (option B when ``resources`` is set)."""
-    main = busybox_container(
-        rig,
-        "main",
-        "echo started; sleep 3600",
-        resources={"claims": [{"name": "cpus"}], **(resources or {})},
-    )
-    return pod_body(
-        name, [main], resourceClaims=[{"name": "cpus", "resourceClaimName": claim_name}], **spec
-    )
 
 
 def check_claim_env(rig: Rig, pod: dict[str, Any], drv: DraDriver, uid: str) -> str:
