@@ -9,6 +9,7 @@ kubelet. Options A and B are the two pod shapes of upstream's
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import time
 import uuid
@@ -264,3 +265,12 @@ def test_driver_restart_reregisters_and_slices_are_wiped_30s_after_it_went_away(
     created.pod(claim_pod(rig, name, f"e2e-{tag}"))
     pod = wait_running(kube, NS, name)
     check_claim_env(rig, pod, second, uid)
+    created.delete_pod(name)
+
+    # A crash (SIGKILL) leaves both sockets behind; the next process replaces them and the
+    # kubelet registers it again at once.
+    second.stop(signal.SIGKILL)
+    assert second.registration_socket.exists()
+    third = dra_driver_factory()
+    assert third.registrations()[-1]["registered"]
+    assert node_slices(kube, rig)
