@@ -70,9 +70,18 @@ class DraDriver:
     def start(self, timeout: float = 30.0) -> DraDriver:
         """Start and wait until the kubelet confirmed one more registration than before."""
         seen = len(self.calls("registered"))
+        # Inside the rig's runtime cgroup, so rig-down kills a driver an aborted test run left.
+        cgroup = (
+            Path(self.rig.run_dir.joinpath("runtime-cgroup").read_text().strip()) / "e2e-drivers"
+        )
+        cgroup.mkdir(exist_ok=True)
+        join = 'echo $$ > "$1/cgroup.procs" && shift && exec "$@"'
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                self.argv, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT
+                ["sh", "-c", join, "sh", str(cgroup), *self.argv],
+                cwd=REPO_ROOT,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         wait_for(
             f"kubelet to register {self.driver} (log {self.log})",
