@@ -2,8 +2,8 @@
 
 It stands in for ``dracpu run`` until the daemon exists: it serves the kubelet through
 :func:`dracpu.kubelet.plugin.serve_kubelet_plugin` (plugin-watcher registration, DRA v1/v1beta1,
-health), prepares claims by reading their allocation from the API and writing one CDI spec per
-claim, and (``--devices N``) publishes ``N`` devices ``cpu0..`` for its node with
+health), prepares claims by reading their allocation from the API (plain httpx) and writing one
+CDI spec per claim, and (``--devices N``) publishes ``N`` devices ``cpu0..`` for its node with
 :class:`dracpu.kube.SlicePublisher`. Every call is appended as one JSON line to ``--calls`` so
 the tests can check what the kubelet asked for and how often:
 
@@ -33,13 +33,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+import httpx
 import trio
 
 from dracpu import DRIVER_NAME
 from dracpu.kube.client import KubeClient
 from dracpu.kube.config import load_kubeconfig
 from dracpu.kube.publisher import SlicePublisher
-from dracpu.kube.resources import RESOURCE_CLAIMS
 from dracpu.kubelet.handler import (
     ClaimFailed,
     ClaimPrepared,
@@ -76,9 +76,9 @@ class CdiClaimHandler:
     """Prepares a claim as the devices the scheduler allocated to this driver, one CDI spec each."""
 
     def __init__(
-        self, client: KubeClient, driver: str, cdi_dir: Path, log: CallLog, fail_prepare: int
+        self, api: httpx.AsyncClient, driver: str, cdi_dir: Path, log: CallLog, fail_prepare: int
     ) -> None:
-        self.client, self.driver, self.cdi_dir, self.log = client, driver, cdi_dir, log
+        self.api, self.driver, self.cdi_dir, self.log = api, driver, cdi_dir, log
         self.kind = f"{driver}/cpu"
         self.fail_prepare = fail_prepare
         self.attempts: dict[str, int] = {}
@@ -92,7 +92,13 @@ class CdiClaimHandler:
             error = f"{FAILURE_TEXT} {n} of {self.fail_prepare} for {claim.namespace}/{claim.name}"
             self.log.write(op="prepare-failed", uid=claim.uid, error=error)
             return ClaimFailed(error=error)
-        obj = await self.client.get(RESOURCE_CLAIMS, claim.name, namespace=claim.namespace)
+        # A plain GET, not dracpu's client: the harness must not share the bugs it looks for.
+        r = await self.api.get(
+            f"/apis/resource.k8s.io/v1/namespaces/{claim.namespace}/resourceclaims/{claim.name}"
+        )
+        if r.status_code != 200:
+            return ClaimFailed(error=f"GET claim {claim.namespace}/{claim.name}: {r.status_code}")
+        obj = r.json()
         if obj["metadata"]["uid"] != claim.uid:
             return ClaimFailed(error=f"claim {claim.namespace}/{claim.name} has another UID")
         results = [
@@ -171,9 +177,11 @@ async def run(args: argparse.Namespace, log: CallLog) -> None:
     """Serve until SIGTERM/SIGINT. Cancellation stops the servers and the publisher."""
     config = KubeletPluginConfig(driver_name=args.driver, kubelet_root=args.kubelet_root)
     board = RegistrationStatusBoard()
-    async with KubeClient(load_kubeconfig(args.kubeconfig)) as client, trio.open_nursery() as n:
+    kubeconfig = load_kubeconfig(args.kubeconfig)
+    api = httpx.AsyncClient(base_url=kubeconfig.server, verify=kubeconfig.ssl_context())
+    async with api, KubeClient(kubeconfig) as client, trio.open_nursery() as n:
         n.start_soon(_stop_on_signal, n.cancel_scope)
-        handler = CdiClaimHandler(client, args.driver, args.cdi_dir, log, args.fail_prepare)
+        handler = CdiClaimHandler(api, args.driver, args.cdi_dir, log, args.fail_prepare)
         n.start_soon(_log_registration, board, log)
         await n.start(
             functools.partial(
