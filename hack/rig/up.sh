@@ -342,6 +342,7 @@ done
 
 wait_ready kube-scheduler 60 curl -fsSk --max-time 2 "https://127.0.0.1:$RIG_SCHEDULER_PORT/healthz"
 wait_ready kube-controller-manager 60 curl -fsSk --max-time 2 "https://127.0.0.1:$RIG_KCM_PORT/healthz"
+: >"$RIG_LOGS/kubelet.log"  # kubelet.sh appends, so restarts by tests stay in one log
 "$RIG_HACK_DIR/kubelet.sh" start || fail kubelet "did not start"
 node_ready() { # Ready=True and the not-ready taint removed by the node lifecycle controller
     "${CURL[@]}" "https://127.0.0.1:$RIG_APISERVER_PORT/api/v1/nodes/$RIG_NODE_NAME" |
