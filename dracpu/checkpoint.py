@@ -23,6 +23,7 @@ older binary cannot know what that file promises.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -181,8 +182,11 @@ class CheckpointStore:
         data = encode(body)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         try:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # A temp file left by a crash may have another mode (O_CREAT keeps an existing
+            # file's): start from a fresh one, so the checkpoint is always 0600.
+            tmp.unlink(missing_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
                 view = memoryview(data)
                 while view:
@@ -194,6 +198,9 @@ class CheckpointStore:
             os.replace(tmp, self.path)
             self._sync_dir()
         except OSError as exc:
+            # Free what a half-written temp file holds (a full disk stays no fuller).
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
             raise CheckpointError(f"cannot write: {exc}", path=str(self.path)) from exc
         self.writes += 1
 
