@@ -135,6 +135,23 @@ class CheckpointStore:
         self.durable = durable
         self.writes = 0
 
+    def secure_dir(self) -> None:
+        """Create the state dir (mode 0700), or tighten an existing one to 0700: it holds the
+        node's CPU assignments and the status socket, for root alone. A dir already 0700 is
+        left untouched (so a read-only one still works for loading).
+
+        Raises :class:`CheckpointError` naming the dir if it cannot be created or tightened.
+        """
+        try:
+            self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if self.state_dir.stat().st_mode & 0o777 != 0o700:
+                os.chmod(self.state_dir, 0o700)
+        except OSError as exc:
+            raise CheckpointError(
+                f"cannot make the state dir {self.state_dir} private (0700): {exc}",
+                path=str(self.path),
+            ) from exc
+
     def load(self) -> Loaded:
         """Load the checkpoint; see :class:`Loaded`. Raises :class:`CheckpointVersionError` for a
         newer format, and :class:`CheckpointError` if the state dir itself is unusable."""

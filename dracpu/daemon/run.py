@@ -360,6 +360,7 @@ def build_daemon(
         driver=DRIVER_NAME,
     )
     store = CheckpointStore(config.state_dir)
+    store.secure_dir()
     cdi = CdiDir(config.cdi_dir)
     state, kind = load_state(topology, node_config, store, cdi)
     fixed = cdi.reconcile({uid: c.cpus for uid, c in state.claims.items() if c.cpus})
