@@ -47,6 +47,7 @@ Reply = (
     | node.ReplyUnprepare
     | node.AdjustContainer
     | node.RejectContainer
+    | node.ReplyUpdate
     | node.ReplySynchronize
 )
 

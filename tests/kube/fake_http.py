@@ -71,11 +71,17 @@ async def _handle(fake: FakeApiServer, stream: trio.SocketStream) -> None:
                 conn.send(h11.Response(status_code=response.status_code, headers=headers)) or b""
             )
             if streaming:
+                body_stream = response.stream
+                assert isinstance(body_stream, httpx.AsyncByteStream)
                 try:
-                    async for chunk in response.aiter_raw():
-                        await stream.send_all(conn.send(h11.Data(data=chunk)) or b"")
+                    # Iterate the stream itself, closed on every exit (no generator left to GC).
+                    async with contextlib.aclosing(body_stream.__aiter__()) as chunks:
+                        async for chunk in chunks:
+                            await stream.send_all(conn.send(h11.Data(data=chunk)) or b"")
                 except (httpx.ReadError, trio.BrokenResourceError):
                     return
+                finally:
+                    await body_stream.aclose()
             elif payload:
                 await stream.send_all(conn.send(h11.Data(data=payload)) or b"")
             await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
