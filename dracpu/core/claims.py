@@ -33,7 +33,7 @@ from dracpu import DRIVER_NAME as DRIVER
 from dracpu.core.allocator import AllocationOptions, Strategy
 from dracpu.core.cpuset import CpuSet
 from dracpu.core.slices import CPU_CAPACITY
-from dracpu.errors import CpuSetParseError, InvalidValueError
+from dracpu.errors import CpuSetParseError, InvalidValueError, shown
 
 OPAQUE_API_VERSION = "v1alpha1"
 """The only ``apiVersion`` of the opaque config (upstream ``api/v1alpha1.APIVersion``)."""
@@ -168,6 +168,7 @@ _DECIMAL = {
     "E": Fraction(10**18),
 }
 _MAX_EXPONENT = 30
+_MAX_QUANTITY_CHARS = 64
 
 
 def parse_quantity(text: object, *, origin: str = "") -> Fraction:
@@ -176,7 +177,15 @@ def parse_quantity(text: object, *, origin: str = "") -> Fraction:
     Raises :class:`InvalidValueError` naming the text and ``origin``.
     """
     if not isinstance(text, str):
-        raise InvalidValueError(f"quantity {text!r} is not a string", value=text, origin=origin)
+        raise InvalidValueError(
+            f"quantity {shown(text)} is not a string", value=text, origin=origin
+        )
+    if len(text) > _MAX_QUANTITY_CHARS:  # Far beyond any real one; bounds the arithmetic.
+        raise InvalidValueError(
+            f"quantity {shown(text)} is longer than {_MAX_QUANTITY_CHARS} characters",
+            value=text,
+            origin=origin,
+        )
     match = _QUANTITY.match(text.strip())
     if match is None:
         raise InvalidValueError(f"malformed quantity {text!r}", value=text, origin=origin)
@@ -430,7 +439,10 @@ def parse_claim(obj: Mapping[str, Any], *, pool: str, driver: str = DRIVER) -> C
             )
         )
     reserved: list[Consumer] = []
-    for entry in (status.get("reservedFor") or []) if isinstance(status, Mapping) else []:
+    entries = status.get("reservedFor") if isinstance(status, Mapping) else None
+    if entries is not None and (not isinstance(entries, list)):
+        raise ClaimError(f"status.reservedFor is not a list: {shown(entries)}", claim=label)
+    for entry in entries or []:
         if isinstance(entry, Mapping):
             reserved.append(
                 Consumer(

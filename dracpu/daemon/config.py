@@ -328,16 +328,18 @@ def load_file(path: Path) -> dict[str, Any]:
         text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file: {exc}", value=origin, origin=origin) from exc
-    loader = _StrictLoader(text)
-    loader.name = origin
+    loader: _StrictLoader | None = None
     try:
+        loader = _StrictLoader(text)  # Raises for a control character in the text.
+        loader.name = origin
         doc = loader.get_single_data()
     except ConfigError:
         raise
     except (yaml.YAMLError, ValueError, RecursionError) as exc:  # ValueError: huge int literal
         raise ConfigError(f"cannot parse config file: {exc}", value=origin, origin=origin) from exc
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if doc is None:
         return {}
     if not isinstance(doc, dict):
