@@ -161,20 +161,21 @@ class CheckpointStore:
             return Loaded("absent")
         except IsADirectoryError as exc:
             reason = f"checkpoint {self.path}: is a directory ({exc})"
-            return Loaded("corrupt", reason=reason, kept_aside=self._keep_aside())
+            return Loaded("corrupt", reason=reason, kept_aside=self.keep_aside())
         except OSError as exc:
             reason = f"checkpoint {self.path}: unreadable ({exc})"
-            return Loaded("corrupt", reason=reason, kept_aside=self._keep_aside())
+            return Loaded("corrupt", reason=reason, kept_aside=self.keep_aside())
         try:
             body = decode(data, path=str(self.path))
         except CheckpointVersionError:
             raise
         except CheckpointError as exc:
-            aside = self._keep_aside()
+            aside = self.keep_aside()
             return Loaded("corrupt", reason=str(exc), kept_aside=aside)
         return Loaded("loaded", body=body)
 
-    def _keep_aside(self) -> Path:
+    def keep_aside(self) -> Path:
+        """Rename the checkpoint to ``checkpoint.json.corrupt-<n>`` (first free n); its path."""
         n = 0
         while True:
             aside = self.path.with_name(f"{self.path.name}.corrupt-{n}")

@@ -429,17 +429,17 @@ class RejectContainer:
 
 
 @dataclass(frozen=True, slots=True)
-class ReplyUpdate:
-    """The answer to ContainerUpdating: the container's own cpuset (empty: leave it alone)."""
-
-    updates: tuple[ContainerUpdate, ...]
-
-
-@dataclass(frozen=True, slots=True)
 class ReplySynchronize:
-    """The answer to RuntimeSynchronized: updates re-asserting every pin and the pool."""
+    """The answer to RuntimeSynchronized (updates re-asserting every pin and the pool) and to
+    ContainerUpdating (the container's own cpuset; empty: leave it alone). Both NRI responses
+    are a list of container updates.
+    """
 
     updates: tuple[ContainerUpdate, ...]
+
+
+ReplyUpdate = ReplySynchronize
+"""The answer to ContainerUpdating: the same type as :class:`ReplySynchronize`."""
 
 
 Effect = (
@@ -454,7 +454,6 @@ Effect = (
     | ReplyUnprepare
     | AdjustContainer
     | RejectContainer
-    | ReplyUpdate
     | ReplySynchronize
 )
 

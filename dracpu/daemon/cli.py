@@ -31,6 +31,8 @@ def add_commands(commands: Any) -> None:
     run.add_argument("--config", type=Path, metavar="FILE", help="YAML driver config file")
     defaults = RunConfig()
     for spec in FIELDS:
+        if not spec.flag:
+            continue
         default = getattr(defaults, spec.attr)
         help_text = f"{spec.help} (file key {spec.key}; default {str(default) or 'none'})"
         if spec.is_bool:

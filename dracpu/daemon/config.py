@@ -161,7 +161,7 @@ class Field:
     """One setting: its config-file key, its flag, the RunConfig attribute and its parser.
 
     ``file_refusal`` is set for keys that may not appear in a file (upstream's excluded
-    fields), saying what to use instead.
+    fields), saying what to use instead; ``flag`` is empty for keys that are file-only.
     """
 
     key: str
@@ -233,7 +233,7 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field(
         "publishNodeAllocatableResourceMapping",
-        "--publish-node-allocatable-resource-mapping",
+        "",  # File only, as upstream.
         "publish_node_allocatable_resource_mapping",
         _boolean,
         "accepted for compatibility with upstream; dracpu does not publish the mapping yet",

@@ -8,8 +8,10 @@ cannot stop an effect half-way: the synchronous effects (checkpoint, CDI files) 
 respect to cancellation by construction. Effects that need the network (claim status) are handed
 to a background writer and are replay-safe.
 
-Write-ahead: ``WriteCheckpoint`` comes first. If it fails, the new state is *not* stored and the
-whole batch fails (the kubelet retries); nothing else ran. If a CDI write fails after the
+Write-ahead: ``WriteCheckpoint`` comes first. Events that queued up together are committed as a
+group: they are stepped in order and one durable write of the final state covers them all. If
+it fails, the new state is *not* stored and every batch of the group fails (the kubelet
+retries); nothing else ran. If a CDI write fails after the
 checkpoint, the state stays (the checkpoint says the claim is prepared) and that claim fails;
 the kubelet's retry gets the same CPUs and rewrites the spec.
 
@@ -24,9 +26,9 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import trio
 
@@ -92,7 +94,8 @@ class Owner:
         on_republish: Callable[[node.NodeState], None] = lambda _: None,
         on_containers: Callable[[node.Effect], None] = lambda _: None,
         crash_at: str | None = None,
-        queue: int = 64,
+        queue: int = 256,
+        max_group: int = 128,
     ) -> None:
         if crash_at is not None and crash_at not in CRASH_POINTS:
             raise DracpuError(f"crash point {crash_at!r} is not one of {', '.join(CRASH_POINTS)}")
@@ -103,6 +106,7 @@ class Owner:
         self.on_republish = on_republish
         self.on_containers = on_containers
         self.crash_at = crash_at
+        self.max_group = max_group
         self.times = EffectTimes()
         self._send, self._receive = trio.open_memory_channel[
             tuple[node.Event, trio.MemorySendChannel[Applied]]
@@ -116,17 +120,34 @@ class Owner:
     async def run(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> NoReturn:
-        """Apply events until cancelled.
+        """Apply events until cancelled, in groups: every event waiting in the channel when the
+        owner gets to it is stepped in order, then one durable checkpoint write covers the whole
+        group (group commit), then each event's other effects run and each caller gets its
+        answer. The checkpoint is written in a worker thread, shielded, so the event loop (and
+        the kubelet's other calls) keep going while the disk syncs; no other task can apply a
+        transition meanwhile, as only this task applies them.
 
-        Cancellation: only between events. An event taken from the channel is applied with all
-        its synchronous effects before the next checkpoint, so no effect is left half-done.
+        Cancellation: only between groups; a group taken from the channel is applied in full.
         """
         task_status.started()
-        async for event, reply_to in self._receive:
-            applied = self.apply_now(event)
-            # If the caller was cancelled, the kubelet retries and gets the same answer.
-            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                reply_to.send_nowait(applied)
+        async for item in self._receive:
+            batch = [item]
+            while len(batch) < self.max_group:
+                try:
+                    batch.append(self._receive.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            events = [event for event, _ in batch]
+            with trio.CancelScope(shield=True):
+                state, steps, body = self._step_group(events)
+                error = None
+                if body is not None:
+                    error = await trio.to_thread.run_sync(self._write_checkpoint, body)
+            results = self._finish_group(state, steps, error, body is not None)
+            for (_, reply_to), applied in zip(batch, results, strict=True):
+                # If the caller was cancelled, the kubelet retries and gets the same answer.
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    reply_to.send_nowait(applied)
             await trio.lowlevel.checkpoint()
         raise AssertionError("unreachable: the owner keeps its own send channel open")
 
@@ -143,10 +164,55 @@ class Owner:
             return await reply_receive.receive()
 
     def apply_now(self, event: node.Event) -> Applied:
-        """Apply one event in the calling task (the owner task, or start-up before any server
-        runs). Synchronous: nothing can interleave."""
+        """Apply one event in the calling task (start-up before any server runs, tests).
+        Synchronous: nothing can interleave."""
+        state, steps, body = self._step_group([event])
+        error = self._write_checkpoint(body) if body is not None else None
+        return self._finish_group(state, steps, error, body is not None)[0]
+
+    def _step_group(
+        self, events: Sequence[node.Event]
+    ) -> tuple[node.NodeState, list[tuple[node.Effect, ...]], dict[str, Any] | None]:
+        """Step every event in order from the current state (pure); the checkpoint body of the
+        final state when any step asks for a checkpoint, else None."""
+        state = self._state
+        steps = []
+        wants = False
+        for event in events:
+            state, effects = node.step(state, event)
+            steps.append(effects)
+            wants = wants or any(isinstance(e, node.WriteCheckpoint) for e in effects)
+        return state, steps, node.snapshot(state) if wants else None
+
+    def _write_checkpoint(self, body: dict[str, Any]) -> str | None:
+        """Write the checkpoint; the error text, or None. Runs in a worker thread too."""
+        t0 = time.perf_counter()
+        try:
+            self.checkpoint.write(body)
+        except DracpuError as exc:
+            _log.error("state change refused: %s", exc)
+            return f"cannot persist the node state: {exc}"
+        self.times.checkpoint += time.perf_counter() - t0
+        self.times.checkpoint_writes += 1
+        return None
+
+    def _finish_group(
+        self,
+        state: node.NodeState,
+        steps: list[tuple[node.Effect, ...]],
+        error: str | None,
+        wrote: bool,
+    ) -> list[Applied]:
+        """Store the group's state (unless its checkpoint failed) and run the other effects."""
+        if error is not None:
+            return [Applied(reply=None, error=error) for _ in steps]
+        self._state = state  # Durable now (or nothing needed persisting): this is the truth.
+        if wrote:
+            self._crash("after-checkpoint")
+        return [self._run_effects(state, effects) for effects in steps]
+
+    def _run_effects(self, state: node.NodeState, effects: tuple[node.Effect, ...]) -> Applied:
         started = time.perf_counter()
-        new, effects = node.step(self._state, event)
         reply: Reply | None = None
         cdi_failed: dict[str, str] = {}
         self.times.events += 1
@@ -154,17 +220,8 @@ class Owner:
             kind = type(effect).__name__
             self.times.by_kind[kind] = self.times.by_kind.get(kind, 0) + 1
             if isinstance(effect, node.WriteCheckpoint):
-                t0 = time.perf_counter()
-                try:
-                    self.checkpoint.write(node.snapshot(effect.state))
-                except DracpuError as exc:
-                    _log.error("state change refused: %s", exc)
-                    return Applied(reply=None, error=f"cannot persist the node state: {exc}")
-                self.times.checkpoint += time.perf_counter() - t0
-                self.times.checkpoint_writes += 1
-                self._state = new  # Durable now: from here on this is the truth.
-                self._crash("after-checkpoint")
-            elif isinstance(effect, node.WriteCdiSpec | node.RemoveCdiSpec):
+                continue  # Written once for the whole group before any other effect.
+            if isinstance(effect, node.WriteCdiSpec | node.RemoveCdiSpec):
                 t0 = time.perf_counter()
                 try:
                     if isinstance(effect, node.WriteCdiSpec):
@@ -179,7 +236,7 @@ class Owner:
                 self.on_claim_status(effect)
             elif isinstance(effect, node.RepublishSlices):
                 _log.info("republishing slices: %s", effect.reason)
-                self.on_republish(new)
+                self.on_republish(state)
             elif isinstance(effect, node.ReportOfflineClaims):
                 for ref, cpus in effect.offline:
                     _log.warning("claim %s holds CPUs %s that are now offline", ref, cpus)
@@ -187,7 +244,6 @@ class Owner:
                 self.on_containers(effect)
             else:
                 reply = effect
-        self._state = new
         if reply is not None:
             self._crash("after-cdi")
             reply = _with_cdi_failures(reply, cdi_failed)

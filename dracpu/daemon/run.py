@@ -49,6 +49,7 @@ from dracpu.core.topology import Topology
 from dracpu.daemon.claim_status import ClaimStatusWriter
 from dracpu.daemon.config import RunConfig, node_name
 from dracpu.daemon.handler import DaemonClaimHandler
+from dracpu.daemon.health import NodeHealth, device_health, node_health
 from dracpu.daemon.owner import Owner
 from dracpu.daemon.status import serve_status, status_document
 from dracpu.errors import DracpuError, InvalidValueError
@@ -59,8 +60,6 @@ from dracpu.kube.errors import NotFoundError
 from dracpu.kube.publisher import SlicePublisher
 from dracpu.kube.resources import RESOURCE_CLAIMS
 from dracpu.kubelet import (
-    DeviceHealth,
-    Health,
     HealthBoard,
     KubeletPluginConfig,
     RegistrationStatusBoard,
@@ -93,8 +92,7 @@ def load_state(
             return node.restore(loaded.body, topology, config), "checkpoint"
         except InvalidValueError as exc:
             reason = f"checkpoint {store.path}: {exc}"
-            aside = store.path.with_name(f"{store.path.name}.invalid-{int(time.time())}")
-            os.replace(store.path, aside)
+            aside = store.keep_aside()
             loaded = dataclasses.replace(loaded, status="corrupt", reason=reason, kept_aside=aside)
     if loaded.status == "absent" and not cdi.read_all():
         return node.NodeState.initial(topology, config), "fresh"
@@ -118,20 +116,6 @@ def load_state(
         _log.warning("no checkpoint but CDI specs found: adopted %d claim(s)", len(claims))
     store.write(node.snapshot(state))
     return state, "rebuilt"
-
-
-def device_health(state: node.NodeState) -> list[DeviceHealth]:
-    """The health of every published device: healthy while all its CPUs are online."""
-    online = state.topology.online
-    return [
-        DeviceHealth(
-            pool_name=state.config.pool,
-            device_name=name,
-            health=Health.HEALTHY if cpus <= online else Health.UNHEALTHY,
-            message="" if cpus <= online else f"CPUs {cpus - online} are offline",
-        )
-        for name, cpus in sorted(state.devices.items())
-    ]
 
 
 class _TaskFailed(DracpuError):
@@ -158,6 +142,8 @@ class Daemon:
     last_failure: str | None = None
     released_at_start: tuple[str, ...] = ()
     recovery_done: bool = False
+    start_claims: tuple[str, ...] = ()
+    """Claim UIDs held at start (from the checkpoint or CDI): what restart recovery checks."""
     timeline: dict[str, float] = field(default_factory=dict)
     plugin_config: KubeletPluginConfig | None = None
 
@@ -170,6 +156,10 @@ class Daemon:
         """Owner hook for ``RepublishSlices``: new desired slices and device health."""
         self.publisher.set_desired(self.slice_specs(state))
         self.health.publish(device_health(state))
+
+    def node_health(self) -> NodeHealth:
+        """The node's one health model (status, health stream, later /healthz)."""
+        return node_health(self.owner.state, self.publisher.health(), self.registration.state)
 
     def handler(self) -> DaemonClaimHandler:
         """The kubelet claim handler bound to this daemon's owner and claim cache."""
@@ -228,7 +218,7 @@ class Daemon:
         Cancellation: a release in flight completes in the owner (see Owner.apply).
         """
         if not self.recovery_done:
-            start_uids = set(self.owner.state.claims)
+            start_uids = set(self.start_claims)
             wait = self.config.release_grace_period - (time.monotonic() - self.started_at)
             await trio.sleep(max(wait, 0.0))
             await self.cache.reflector.synced.wait()
@@ -404,8 +394,13 @@ def build_daemon(
         status_writer=status_writer,
         started_at=started,
         start_kind=kind,
+        start_claims=tuple(sorted(state.claims)),
+        # Calls run concurrently: the owner orders the transitions and commits those that
+        # queue up together with one checkpoint write.
         plugin_config=KubeletPluginConfig(
-            kubelet_root=config.kubelet_root_dir, pod_uid=env.get("POD_UID") or None
+            kubelet_root=config.kubelet_root_dir,
+            pod_uid=env.get("POD_UID") or None,
+            serialize=False,
         ),
     )
     owner.on_republish = daemon.republish

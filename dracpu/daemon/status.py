@@ -51,6 +51,7 @@ def status_document(daemon: Daemon) -> dict[str, Any]:
     """The status of a running daemon (no I/O)."""
     state = daemon.owner.state
     times = daemon.owner.times
+    health = daemon.node_health()
     return {
         "daemon": "up",
         "pid": os.getpid(),
@@ -64,8 +65,11 @@ def status_document(daemon: Daemon) -> dict[str, Any]:
         "sharedPool": str(state.shared_pool),
         "free": str(state.free),
         "claims": _claims(state),
-        "publisher": dataclasses.asdict(daemon.publisher.health()),
-        "registration": dataclasses.asdict(daemon.registration.state),
+        "ready": health.ready,
+        "notReady": list(health.reasons),
+        "unhealthyDevices": [d.device_name for d in health.devices if d.message],
+        "publisher": dataclasses.asdict(health.publisher),
+        "registration": dataclasses.asdict(health.registration),
         "claimStatus": {
             "pending": daemon.status_writer.pending,
             "written": daemon.status_writer.written,
@@ -188,6 +192,8 @@ def render_text(doc: dict[str, Any]) -> str:
     for key in ("node", "mode", "groupBy", "online", "reserved", "sharedPool", "free"):
         if doc.get(key) is not None:
             lines.append(f"{key}: {doc[key]}")
+    if "ready" in doc:
+        lines.append("ready: yes" if doc["ready"] else f"ready: no ({'; '.join(doc['notReady'])})")
     if "checkpoint" in doc:
         lines.append(f"checkpoint: {doc['checkpoint']}")
     if doc.get("reason"):

@@ -109,6 +109,9 @@ class NodeMachine(RuleBasedStateMachine):
             # Idempotent: a retry with the same allocation gets the same CPUs; another one fails.
             if isinstance(outcome, ClaimPrepared):
                 assert outcome.claim.cpus == self.got[uid]
+                # Only an adopted claim changes: it learns its name and device.
+                assert self.state == before or before.claims[uid].adopted
+            else:
                 assert self.state == before
             return
         assert isinstance(outcome, ClaimPrepared) is fits, (outcome, fits)

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ class Node:
     root: Path
     fake: FakeApiServer
     api: GrpcioApi
+    procs: list[trio.Process] = field(default_factory=list)
 
     @property
     def dra_socket(self) -> Path:
@@ -74,17 +75,26 @@ class Node:
         env["PYTHONPATH"] = str(REPO)
         if crash_at:
             env["DRACPU_TEST_CRASH_AT"] = crash_at
-        with contextlib_suppress_missing(self.dra_socket):
-            pass
+        # A killed daemon leaves its socket files; the registration socket appears only once
+        # the DRA socket is listening (a socket file exists between bind and listen).
+        for path in (self.dra_socket, self.registration_socket):
+            path.unlink(missing_ok=True)
         proc = await spawn(self.argv(), env, self.root / "log")
-        await wait_for(lambda: self.dra_socket.exists() or proc.poll() is not None, 30)
+        self.procs.append(proc)
+        await wait_for(lambda: self.registration_socket.exists() or proc.poll() is not None, 30)
         assert proc.poll() is None, (self.root / "log").read_text()[-2000:]
         return proc
 
-    async def prepare(self, *uids: str) -> Any:
-        return await kubelet_call(
-            self.dra_socket, self.api, "prepare", [("ns", f"claim-{u}", u) for u in uids]
-        )
+    async def prepare(self, *uids: str, expect_crash: bool = False) -> Any:
+        try:
+            return await kubelet_call(
+                self.dra_socket, self.api, "prepare", [("ns", f"claim-{u}", u) for u in uids]
+            )
+        except grpc.RpcError:
+            if not expect_crash:
+                log = (self.root / "log").read_text()[-3000:]
+                raise AssertionError(f"prepare failed; daemon log:\n{log}") from None
+            raise
 
     def checkpoint(self) -> dict[str, CpuSet]:
         body = CheckpointStore(self.root / "state").load().body
@@ -93,19 +103,6 @@ class Node:
 
     def cdi(self) -> dict[str, CpuSet | None]:
         return CdiDir(self.root / "cdi").read_all()
-
-
-class contextlib_suppress_missing:
-    """Remove a stale socket file left by a killed process (the daemon also does)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __enter__(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 async def spawn(argv: list[str], env: dict[str, str], log: Path) -> trio.Process:
@@ -133,11 +130,18 @@ async def node(nursery: trio.Nursery) -> AsyncIterator[Node]:
             ("u3", "cpudevnuma001"),
         ):
             fake.put_object("resourceclaims", claim(uid, [grouped("req", device, 3)]))
-        yield Node(root, fake, dra_api("v1"))
+        running = Node(root, fake, dra_api("v1"))
+        try:
+            yield running
+        finally:
+            for proc in running.procs:  # A failed test must not leave a daemon behind.
+                if proc.poll() is None:
+                    proc.kill()
+                    await proc.wait()
 
 
 async def stop(proc: trio.Process, sig: int = signal.SIGKILL) -> int:
-    if proc.poll() is None:
+    if sig and proc.poll() is None:
         proc.send_signal(sig)
     with trio.fail_after(40):
         return await proc.wait()
@@ -164,7 +168,7 @@ async def test_crash_at_each_effect_boundary(node: Node, point: str) -> None:
 
     proc = await node.start(crash_at=point)
     with pytest.raises(grpc.RpcError) as info:
-        await node.prepare("u2")
+        await node.prepare("u2", expect_crash=True)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert await stop(proc) == CRASH_EXIT_STATUS
     # The crash happened after the checkpoint write: u2 is recorded.
@@ -220,9 +224,25 @@ async def test_newer_checkpoint_refuses_to_start(node: Node) -> None:
         '{"format": "dracpu-checkpoint", "version": 99, "sha256": "", "body": {}}'
     )
     proc = await spawn(node.argv(), {**os.environ, "PYTHONPATH": str(REPO)}, node.root / "log")
+    node.procs.append(proc)
     with trio.fail_after(30):
         assert await proc.wait() == 1
     log = (node.root / "log").read_text()
     assert "refusing to start" in log
     assert "format version 99" in log
     assert not node.dra_socket.exists()
+
+
+async def test_second_signal_exits_at_once(node: Node) -> None:
+    proc = await node.start()
+    assert (await node.prepare("u1")).claims["u1"].error == ""
+    # Two different signals back to back (trio coalesces repeats of one signal): the second
+    # arrives while the graceful stop is under way.
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGINT)
+    assert await stop(proc, 0) == 1
+    log = (node.root / "log").read_text()
+    assert "stopping (sockets removed, slices and state kept)" in log
+    assert "second signal" in log
+    assert "exiting now" in log
+    assert set(node.checkpoint()) == {"u1"}  # The state was on disk all along.

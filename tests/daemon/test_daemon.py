@@ -87,7 +87,12 @@ async def start(
 
     nursery.start_soon(run)
     running = Running(daemon, fake, root, scope)
-    await wait_for(lambda: running.dra_socket.exists(), 10)
+    # The registration socket appears once the DRA socket listens.
+    registration = (
+        daemon.plugin_config.paths().registration_socket if daemon.plugin_config else None
+    )
+    assert registration is not None
+    await wait_for(registration.exists, 10)
     return running
 
 

@@ -14,7 +14,7 @@ from dracpu.cdi import CdiDir
 from dracpu.checkpoint import CheckpointStore
 from dracpu.core import node
 from dracpu.core.claims import Claim, ClaimRef, DeviceResult
-from dracpu.daemon.owner import Owner
+from dracpu.daemon.owner import Applied, Owner
 from dracpu.daemon.run import supervise
 from tests.support.topologies import make_topology
 
@@ -122,3 +122,28 @@ async def test_supervised_group_restarts_as_a_unit(
     assert len(cancelled) == 3  # twice by the failures, once by the test's timeout
     assert reasons == ["flaky: RuntimeError: boom 1", "flaky: RuntimeError: boom 2"]
     assert "restarting it in" in caplog.text
+
+
+async def test_events_queued_together_share_one_checkpoint_write(tmp_path: Path) -> None:
+    o = owner(tmp_path)
+    results: dict[str, Applied] = {}
+    refs = [ClaimRef("ns", f"c{i}", f"u{i}") for i in range(5)]
+
+    async def prepare(ref: ClaimRef) -> None:
+        claim = Claim(ref, (DeviceResult("req", "n", "cpudevnuma000", cpus=1),))
+        results[ref.uid] = await o.apply(node.Prepare((ref,), {ref.uid: claim}))
+
+    async with trio.open_nursery() as nursery:
+        for ref in refs:
+            nursery.start_soon(prepare, ref)
+        await trio.testing.wait_all_tasks_blocked()  # All five are queued; the owner is not up.
+        await nursery.start(o.run)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert o.checkpoint.writes == 1
+    held = [o.state.claims[r.uid].cpus for r in refs]
+    assert len(set().union(*[set(c) for c in held])) == 5  # No CPU twice.
+    body = o.checkpoint.load().body
+    assert body is not None
+    assert sorted(c["uid"] for c in body["claims"]) == sorted(r.uid for r in refs)
+    assert CdiDir(tmp_path / "cdi").read_all() == {r.uid: o.state.claims[r.uid].cpus for r in refs}
