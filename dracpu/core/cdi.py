@@ -131,7 +131,8 @@ def parse_env(env: Iterable[str], *, origin: str = "") -> dict[str, CpuSet]:
             )
         if uid in found and found[uid] != cpus:
             raise CpusetEnvError(
-                f"env variable {_named(name)} given twice with different CPUs ({found[uid]} and {cpus})",
+                f"env variable {_named(name)} given twice with different CPUs "
+                f"({found[uid]} and {cpus})",
                 value=entry,
                 origin=origin,
             )
