@@ -273,7 +273,7 @@ def parse_cpu_config(parameters: object, *, claim: str, request: str = "") -> Cp
         try:
             cpuset = CpuSet.parse(text)
         except CpuSetParseError as exc:
-            raise fail(f"cpuConfig.cpuset {text!r}: {exc}", text) from exc
+            raise fail(f"cpuConfig.cpuset {shown(text)}: {exc}", text) from exc
         if not cpuset:
             raise fail("cpuConfig.cpuset is empty", text)
     flags: dict[str, bool | None] = {}

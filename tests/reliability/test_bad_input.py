@@ -82,6 +82,8 @@ def test_config_file_values(tmp_path_factory: Any, doc: dict[str, Any]) -> None:
 @SETTINGS
 @given(text=st.text(max_size=200) | st.binary(max_size=200).map(lambda b: b.decode("latin-1")))
 @example("? [1, 2]\n: x\n")  # A non-string key.
+@example("\x1f")  # A control character (the YAML reader refuses it).
+@example("releaseGracePeriod: .nan\n")
 @example("releaseGracePeriod: 1" + "0" * 5000)  # An int too long to convert.
 @example("a: &a [x, x]\nb: [*a, *a]\n")  # Aliases.
 @example("kubeconfig: " + "[" * 200 + "]" * 200)  # Deep nesting.
@@ -114,6 +116,8 @@ def test_config_file_too_large(tmp_path: Path) -> None:
 
 @SETTINGS
 @given(flags=st.dictionaries(st.sampled_from([f.attr for f in FIELDS]), SCALARS, max_size=5))
+@example({"release_grace_period": "nan"})
+@example({"release_grace_period": "1e400"})
 def test_flag_values(flags: dict[str, Any]) -> None:
     raw = {k: v if isinstance(v, str) else str(v) for k, v in flags.items()}
     config = attempt(lambda: resolve(raw, None), ConfigError)
@@ -128,6 +132,7 @@ def test_flag_values(flags: dict[str, Any]) -> None:
 @example({"apiVersion": "v1alpha1", "cpuConfig": {"cpuset": "0-99999999"}})
 @example({"apiVersion": "v1alpha1", "cpuConfig": {"cpuset": "3-1"}})
 @example({"apiVersion": "v1alpha1", "cpuConfig": {"strategy": ["packed"]}})
+@example({"apiVersion": "v1alpha1", "cpuConfig": {"cpuset": "1" * 5000}})
 def test_opaque_parameters(parameters: Any) -> None:
     got = attempt(lambda: parse_cpu_config(parameters, claim="ns/c", request="req"), ClaimError)
     if isinstance(got, ClaimError):
@@ -247,6 +252,7 @@ ENTRIES = st.lists(
 
 @SETTINGS
 @given(env=ENTRIES)
+@example(["DRA_CPUSET_\n="])  # A newline in the name: the message stays one line.
 def test_cpuset_env_entries(env: list[str]) -> None:
     found = attempt(lambda: parse_env(env, origin="container c1"), CpusetEnvError)
     if isinstance(found, CpusetEnvError):
