@@ -8,6 +8,11 @@ import 'just/bench.just'
 import 'just/kubelet.just'
 import 'just/nri.just'
 import 'just/kube.just'
+import 'just/fuzz.just'
+import 'just/deploy.just'
+
+# Recipes find the pinned just and uv that hack/setup.sh put in .tools/bin.
+export PATH := justfile_directory() / ".tools/bin" + ":" + env_var("PATH")
 
 venv := justfile_directory() / ".venv"
 py := venv / "bin/python"

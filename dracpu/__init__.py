@@ -1,7 +1,6 @@
 """dracpu: a Kubernetes DRA driver for CPUs, drop-in compatible with ``dra.cpu``."""
 
+from dracpu.core.names import DRIVER_NAME as DRIVER_NAME
 from dracpu.errors import DracpuError as DracpuError
-
-DRIVER_NAME = "dra.cpu"
 
 __all__ = ["DRIVER_NAME", "DracpuError"]

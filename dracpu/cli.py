@@ -18,11 +18,13 @@ import yaml
 
 from dracpu.core.allocator import AllocationOptions, Strategy, allocate
 from dracpu.core.cpuset import CpuSet
-from dracpu.core.slices import DRIVER, DeviceMode, GroupBy, SliceOptions, build_slice_specs
+from dracpu.core.names import DRIVER_NAME
+from dracpu.core.slice_plan import plan_slices
+from dracpu.core.slices import DeviceMode, GroupBy, SliceOptions, build_slice_specs
 from dracpu.core.topology import CoreType, Topology
 from dracpu.daemon import cli as daemon_cli
 from dracpu.errors import AllocationError, CpuSetParseError, DracpuError, InvalidValueError
-from dracpu.kube.slice_diff import plan_slices
+from dracpu.memory_cli import add_hugepages_parser, inspect_memory, run_hugepages
 from dracpu.sysfs import DEFAULT_ROOT, read_topology
 
 EXIT_USAGE = 2
@@ -64,7 +66,7 @@ def _positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The full ``dracpu`` command line."""
-    parser = _Parser(prog="dracpu", description="Kubernetes DRA driver for CPUs (dra.cpu).")
+    parser = _Parser(prog="dracpu", description=f"Kubernetes DRA driver for CPUs ({DRIVER_NAME}).")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     inspect = commands.add_parser(
         "inspect", help="show topology, slices or an allocation without a cluster"
@@ -77,10 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SET",
         help="CPUs kept for the system; never published or allocated",
     )
+    defaults = SliceOptions(node_name="")
     inspect.add_argument(
-        "--cpu-device-mode", choices=[m.value for m in DeviceMode], default="individual"
+        "--cpu-device-mode",
+        choices=[m.value for m in DeviceMode],
+        default=defaults.mode.value,
+        help="one device per CPU, or one consumable device per group (default: %(default)s)",
     )
-    inspect.add_argument("--group-by", choices=[g.value for g in GroupBy], default="numanode")
+    inspect.add_argument(
+        "--group-by",
+        choices=[g.value for g in GroupBy],
+        default=defaults.group_by.value,
+        help="the domain a grouped device stands for (default: %(default)s)",
+    )
     inspect.add_argument(
         "--node-name",
         default=os.environ.get("NODE_NAME") or os.uname().nodename,
@@ -98,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     alloc.add_argument("--full-pcpus-only", action="store_true")
     alloc.add_argument("--distribute-across-numa", action="store_true")
     alloc.add_argument("--strategy", choices=[s.value for s in Strategy], default="packed")
+    what.add_parser("memory", help="memory per NUMA node and the dra.memory slices and classes")
+    add_hugepages_parser(commands)
     daemon_cli.add_commands(commands)
     return parser
 
@@ -105,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the dracpu command line; returns the process exit status."""
     args = build_parser().parse_args(argv)
+    if args.command == "hugepages":
+        return run_hugepages(args)
     try:
         if args.command == "run":
             return daemon_cli.main_run(args)
@@ -128,6 +143,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _inspect(args: argparse.Namespace) -> int:
     root: Path = args.sysfs_root
+    if args.what == "memory":
+        try:
+            docs = inspect_memory(root, args.node_name)
+        except DracpuError as exc:
+            raise UsageError(f"--sysfs-root {str(root)!r}: {exc}") from exc
+        _print_all(docs)
+        return 0
     try:
         topology = read_topology(root)
     except DracpuError as exc:
@@ -174,7 +196,7 @@ def _inspect(args: argparse.Namespace) -> int:
 def first_publish_bodies(specs: list[dict[str, Any]], node_name: str) -> list[dict[str, Any]]:
     """The ResourceSlice bodies the publisher would create for ``specs`` on an empty API server
     (without the Node ownerReference, whose UID only the API server knows)."""
-    plan = plan_slices(specs, [], driver=DRIVER, node=node_name)
+    plan = plan_slices(specs, [], driver=DRIVER_NAME, node=node_name)
     return [write.body for write in plan.creates]
 
 
@@ -208,6 +230,7 @@ def topology_document(topology: Topology) -> dict[str, Any]:
                 "hasMemory": node.has_memory,
                 "memoryKiB": node.memory_kib,
                 "distances": list(node.distances),
+                "localMemory": topology.local_memory_of(node.id),
             }
             for node in topology.numa_nodes
         ],
@@ -232,6 +255,8 @@ def topology_document(topology: Topology) -> dict[str, Any]:
             "l2": i.l2,
             "l3": i.l3,
             "type": str(i.core_type),
+            "baseFreqKHz": i.base_freq_khz,
+            "maxFreqKHz": i.max_freq_khz,
         }
         for i in topology.cpus.values()
     ]

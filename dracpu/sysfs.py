@@ -1,7 +1,8 @@
 """Read a node's CPU topology from a sysfs tree (``/sys`` by default), read-only.
 
 Required files missing → ``TopologyError`` naming the path. Optional ones (caches, clusters,
-hybrid core lists, NUMA nodes, isolation, SMT control, PCIe affinity) degrade to defaults.
+hybrid core lists, NUMA nodes, isolation, SMT control, PCIe affinity, cpufreq) degrade to
+defaults.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class SysfsReader:
         self._cpu_dir = root / "devices" / "system" / "cpu"
         self._node_dir = root / "devices" / "system" / "node"
         self._known_caches: dict[tuple[int, int], int] = {}
+        self._known_policies: dict[str, tuple[int | None, int | None]] = {}
 
     def read_topology(self) -> Topology:
         """Read the whole topology; raises ``TopologyError`` naming the first unreadable path."""
@@ -56,6 +58,7 @@ class SysfsReader:
         hybrid = bool(p_cores) and bool(e_cores)
         infos: dict[int, CpuInfo] = {}
         self._known_caches = {}
+        self._known_policies = {}
         for cpu in online:
             core_type = CoreType.STANDARD
             if hybrid:
@@ -102,6 +105,7 @@ class SysfsReader:
         topo = path / "topology"
         cluster = self._int(topo / "cluster_id", default=None)
         l2, l3 = self._cache_ids(cpu, path / "cache")
+        base_khz, max_khz = self._frequencies(path)
         return CpuInfo(
             cpu=cpu,
             socket=self._required_int(topo / "physical_package_id"),
@@ -112,7 +116,43 @@ class SysfsReader:
             l2=l2,
             l3=l3,
             core_type=core_type,
+            base_freq_khz=base_khz,
+            max_freq_khz=max_khz,
         )
+
+    def _frequencies(self, cpu_path: Path) -> tuple[int | None, int | None]:
+        """(base, maximum) frequency in kHz from the CPU's cpufreq policy, each ``None`` when
+        the kernel does not say. Base: ``base_frequency`` (intel_pstate), else ACPI CPPC's
+        ``nominal_freq`` (MHz; amd-pstate, CPPC platforms). Maximum: ``cpuinfo_max_freq``.
+        """
+        policy = self._cpufreq_dir(cpu_path)
+        found = self._known_policies.get(str(policy)) if policy is not None else None
+        if found is not None:
+            return found
+        base = max_khz = None
+        if policy is not None:
+            base = self._int(policy / "base_frequency", default=None)
+            max_khz = self._int(policy / "cpuinfo_max_freq", default=None)
+        if not base:
+            nominal_mhz = self._int(cpu_path / "acpi_cppc" / "nominal_freq", default=None)
+            base = nominal_mhz * 1000 if nominal_mhz else None
+        found = (base or None, max_khz or None)
+        if policy is not None:
+            self._known_policies[str(policy)] = found
+        return found
+
+    def _cpufreq_dir(self, cpu_path: Path) -> Path | None:
+        """``cpuN/cpufreq``: a link to ``../cpufreq/policyM`` on a live system; captures that
+        flatten links store the target as the file's text, which is followed the same way."""
+        link = cpu_path / "cpufreq"
+        if link.is_dir():
+            return link
+        target = self._text(link) if link.exists() else None
+        if target and not target.startswith("/") and "\n" not in target:
+            policy = Path(os.path.normpath(cpu_path / target))
+            if policy.is_dir() and policy.is_relative_to(self._cpu_dir):
+                return policy
+        return None
 
     def _cache_ids(self, cpu: int, cache_dir: Path) -> tuple[int | None, int | None]:
         known = self._known_caches

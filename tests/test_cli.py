@@ -35,12 +35,32 @@ def test_inspect_every_capture(
     assert code == 0
     topo = yaml.safe_load(out)
     assert topo["counts"]["cpus"] == len(topo["cpuDetails"]) > 0
+    # Every capture's CPU nodes have memory of their own.
+    assert all(n["localMemory"] == n["id"] for n in topo["numaNodes"] if n["cpus"])
 
+    # The default is upstream's: grouped, one consumable device per NUMA node with CPUs.
     code, out, _ = run(["inspect", "--sysfs-root", sysfs, "--node-name", "n1", "slices"], capsys)
     assert code == 0
     slices = list(yaml.safe_load_all(out))
-    assert sum(len(s["spec"]["devices"]) for s in slices) == topo["counts"]["cpus"]
     assert all(s["kind"] == "ResourceSlice" and s["spec"]["driver"] == "dra.cpu" for s in slices)
+    devices = [d for s in slices for d in s["spec"]["devices"]]
+    with_cpus = [n for n in topo["numaNodes"] if n["cpus"]] or [{"id": 0}]
+    assert [d["name"] for d in devices] == [f"cpudevnuma{n['id']:03d}" for n in with_cpus]
+    assert sum(int(d["capacity"]["dra.cpu/cpu"]["value"]) for d in devices) == len(
+        topo["cpuDetails"]
+    )
+    explicit = ["--cpu-device-mode", "grouped", "--group-by", "numanode"]
+    code, same, _ = run(
+        ["inspect", "--sysfs-root", sysfs, *explicit, "--node-name", "n1", "slices"], capsys
+    )
+    assert code == 0
+    assert same == out
+
+    individual = ["--cpu-device-mode", "individual", "--node-name", "n1", "slices"]
+    code, out, _ = run(["inspect", "--sysfs-root", sysfs, *individual], capsys)
+    assert code == 0
+    slices = list(yaml.safe_load_all(out))
+    assert sum(len(s["spec"]["devices"]) for s in slices) == topo["counts"]["cpus"]
 
     code, out, _ = run(["inspect", "--sysfs-root", sysfs, "allocate", "2"], capsys)
     assert code == 0

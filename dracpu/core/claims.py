@@ -23,15 +23,14 @@ bad value.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from typing import Any
 
-from dracpu import DRIVER_NAME as DRIVER
 from dracpu.core.allocator import AllocationOptions, Strategy
 from dracpu.core.cpuset import CpuSet
+from dracpu.core.names import DRIVER_NAME as DRIVER
+from dracpu.core.quantity import parse_quantity
 from dracpu.core.slices import CPU_CAPACITY
 from dracpu.errors import CpuSetParseError, InvalidValueError, shown
 
@@ -153,58 +152,6 @@ class Claim:
 
 # Kubernetes resource.Quantity: <signed number><suffix>, suffix binary (Ki..Ei), decimal
 # (n u m "" k M G T P E) or a decimal exponent (e3, E-2).
-_QUANTITY = re.compile(r"^([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))([a-zA-Z]*|[eE][+-]?[0-9]+)$")
-_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
-_DECIMAL = {
-    "n": Fraction(1, 10**9),
-    "u": Fraction(1, 10**6),
-    "m": Fraction(1, 1000),
-    "": Fraction(1),
-    "k": Fraction(10**3),
-    "M": Fraction(10**6),
-    "G": Fraction(10**9),
-    "T": Fraction(10**12),
-    "P": Fraction(10**15),
-    "E": Fraction(10**18),
-}
-_MAX_EXPONENT = 30
-_MAX_QUANTITY_CHARS = 64
-
-
-def parse_quantity(text: object, *, origin: str = "") -> Fraction:
-    """The exact value of a Kubernetes quantity string (``"4"``, ``"4000m"``, ``"1Ki"``, ``"1e3"``).
-
-    Raises :class:`InvalidValueError` naming the text and ``origin``.
-    """
-    if not isinstance(text, str):
-        raise InvalidValueError(
-            f"quantity {shown(text)} is not a string", value=text, origin=origin
-        )
-    if len(text) > _MAX_QUANTITY_CHARS:  # Far beyond any real one; bounds the arithmetic.
-        raise InvalidValueError(
-            f"quantity {shown(text)} is longer than {_MAX_QUANTITY_CHARS} characters",
-            value=text,
-            origin=origin,
-        )
-    match = _QUANTITY.match(text.strip())
-    if match is None:
-        raise InvalidValueError(f"malformed quantity {text!r}", value=text, origin=origin)
-    number, suffix = match.groups()
-    value = Fraction(number)
-    if suffix in _BINARY:
-        return value * _BINARY[suffix]
-    if suffix in _DECIMAL:
-        return value * _DECIMAL[suffix]
-    if suffix[:1] in ("e", "E"):
-        exponent = int(suffix[1:])
-        if abs(exponent) > _MAX_EXPONENT:
-            raise InvalidValueError(f"quantity {text!r} is out of range", value=text, origin=origin)
-        return value * Fraction(10) ** exponent
-    raise InvalidValueError(
-        f"malformed quantity {text!r}: unknown suffix {suffix!r}", value=text, origin=origin
-    )
-
-
 def parse_cpu_count(text: object, *, claim: str, request: str, device: str = "") -> int:
     """The whole, positive CPU count of a consumed ``dra.cpu/cpu`` quantity.
 

@@ -32,11 +32,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from dracpu import DRIVER_NAME as DRIVER
 from dracpu.core.allocator import AllocationOptions, allocate
 from dracpu.core.cdi import ENV_PREFIX, CpusetEnvError, cdi_device_id, env_entry, parse_env
 from dracpu.core.claims import Claim, ClaimRef, DeviceResult
 from dracpu.core.cpuset import CpuSet
+from dracpu.core.names import DRIVER_NAME as DRIVER
 from dracpu.core.pinning import (
     ContainerInfo,
     ContainerKind,

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from dracpu.core.cpuset import CpuSet
+from dracpu.core.names import DRIVER_NAME, qualified
 from dracpu.core.topology import Topology
 from dracpu.errors import InvalidValueError
 
-DRIVER = "dra.cpu"
-CPU_CAPACITY = "dra.cpu/cpu"
+CPU_CAPACITY = qualified("cpu")
 
 MAX_DEVICES_PER_SLICE = 128
 MAX_DEVICES_PER_SLICE_ADVANCED = 64
@@ -53,13 +53,30 @@ class GroupBy(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class SliceOptions:
-    """What to publish for one node."""
+    """What to publish for one node; the defaults are upstream's (grouped, by NUMA node)."""
 
     node_name: str
     reserved: CpuSet = CpuSet()  # noqa: RUF009 (immutable value)
-    mode: DeviceMode = DeviceMode.INDIVIDUAL
+    mode: DeviceMode = DeviceMode.GROUPED
     group_by: GroupBy = GroupBy.NUMANODE
     expose_pcie_roots: bool = False
+    node_allocatable_mapping: bool = False
+    """KEP-5517 (upstream's ``publishNodeAllocatableResourceMapping``): each device says how
+    its allocation maps onto the node's ``cpu`` allocatable, so the scheduler does not count a
+    claimed CPU twice. Needs the ``DRANodeAllocatableResources`` gate (1.37: alpha)."""
+
+
+def node_allocatable(mode: DeviceMode) -> Json:
+    """A device's ``nodeAllocatableResources`` (resource.k8s.io/v1 in 1.37), as upstream maps it.
+
+    Grouped devices count what the claim consumed of ``dra.cpu/cpu``; individual devices count
+    one CPU per allocated device.
+    """
+    if mode is DeviceMode.GROUPED:
+        mapping: Json = {"capacityKey": CPU_CAPACITY, "capacityMultiplier": "1"}
+    else:
+        mapping = {"deviceMultiplier": "1"}
+    return {"cpu": {"mapping": mapping}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +117,9 @@ def build_devices(topology: Topology, options: SliceOptions) -> list[Json]:
         built = [_individual(topology, d, options) for d in devices]
     else:
         built = [_grouped(topology, d, options) for d in devices]
+    if options.node_allocatable_mapping:
+        for device in built:
+            device["nodeAllocatableResources"] = node_allocatable(options.mode)
     for device in built:
         n = len(device.get("attributes", {})) + len(device.get("capacity", {}))
         if n > MAX_ATTRIBUTES_AND_CAPACITIES:
@@ -119,7 +139,7 @@ def build_slice_specs(topology: Topology, options: SliceOptions, generation: int
     chunks = [devices[i : i + limit] for i in range(0, len(devices), limit)] or [[]]
     return [
         {
-            "driver": DRIVER,
+            "driver": DRIVER_NAME,
             "nodeName": options.node_name,
             "pool": {
                 "name": options.node_name,
@@ -150,7 +170,7 @@ def _int(value: int) -> Json:
 def _numa_attributes(numa: int) -> Json:
     return {
         STANDARD_NUMA: _int(numa),
-        "dra.cpu/numaNodeID": _int(numa),
+        qualified("numaNodeID"): _int(numa),
         "dra.net/numaNode": _int(numa),
     }
 
@@ -159,25 +179,44 @@ def _pcie_roots(topology: Topology, cpus: CpuSet) -> list[str]:
     return [root for root, local in topology.pcie_roots.items() if not local.isdisjoint(cpus)]
 
 
+def _prototype_attributes(topology: Topology, cpus: CpuSet) -> Json:
+    """The attributes of the nri-plugins ``native.cpu`` prototype that upstream lacks, for the
+    CPUs of one device, each only when every CPU agrees: ``localMemory`` (the nearest NUMA node
+    with memory, which differs from the CPU's own node on memory-less nodes), ``baseFreq`` and
+    ``maxFreq`` (kHz, from cpufreq)."""
+    infos = [topology.cpus[c] for c in cpus]
+    values = {
+        "localMemory": {topology.local_memory_of(i.numa) for i in infos},
+        "baseFreq": {i.base_freq_khz for i in infos},
+        "maxFreq": {i.max_freq_khz for i in infos},
+    }
+    attributes: Json = {}
+    for name, found in values.items():
+        if len(found) == 1 and (value := found.pop()) is not None:
+            attributes[qualified(name)] = _int(value)
+    return attributes
+
+
 def _individual(topology: Topology, device: CpuDevice, options: SliceOptions) -> Json:
     cpu = device.cpus.first()
     info = topology.cpus[cpu]
     attributes: Json = {
         **_numa_attributes(info.numa),
-        "dra.cpu/socketID": _int(info.socket),
-        "dra.cpu/smtEnabled": {"bool": topology.smt_enabled},
-        "dra.cpu/coreType": {"string": str(info.core_type)},
-        "dra.cpu/coreID": _int(topology.machine_core_id(cpu)),
-        "dra.cpu/cpuID": _int(cpu),
-        "dra.cpu/dieID": _int(info.die),
-        "dra.cpu/isolated": {"bool": cpu in topology.isolated},
+        qualified("socketID"): _int(info.socket),
+        qualified("smtEnabled"): {"bool": topology.smt_enabled},
+        qualified("coreType"): {"string": str(info.core_type)},
+        qualified("coreID"): _int(topology.machine_core_id(cpu)),
+        qualified("cpuID"): _int(cpu),
+        qualified("dieID"): _int(info.die),
+        qualified("isolated"): {"bool": cpu in topology.isolated},
+        **_prototype_attributes(topology, device.cpus),
     }
     if info.l3 is not None:
-        attributes["dra.cpu/cacheL3ID"] = _int(info.l3)
+        attributes[qualified("cacheL3ID")] = _int(info.l3)
     if info.l2 is not None:
-        attributes["dra.cpu/cacheL2ID"] = _int(info.l2)
+        attributes[qualified("cacheL2ID")] = _int(info.l2)
     if info.cluster is not None:
-        attributes["dra.cpu/clusterID"] = _int(info.cluster)
+        attributes[qualified("clusterID")] = _int(info.cluster)
     if options.expose_pcie_roots and (roots := _pcie_roots(topology, device.cpus)):
         attributes[STANDARD_PCIE_ROOT] = {"strings": roots}
     return {"name": device.name, "attributes": dict(sorted(attributes.items()))}
@@ -185,13 +224,14 @@ def _individual(topology: Topology, device: CpuDevice, options: SliceOptions) ->
 
 def _grouped(topology: Topology, device: CpuDevice, options: SliceOptions) -> Json:
     attributes: Json = {
-        "dra.cpu/smtEnabled": {"bool": topology.smt_enabled},
-        "dra.cpu/numCPUs": _int(len(device.cpus)),
+        qualified("smtEnabled"): {"bool": topology.smt_enabled},
+        qualified("numCPUs"): _int(len(device.cpus)),
+        **_prototype_attributes(topology, device.cpus),
     }
     sockets = {topology.cpus[c].socket for c in device.cpus}
     numas = {topology.cpus[c].numa for c in device.cpus}
     if options.group_by is not GroupBy.MACHINE and len(sockets) == 1:
-        attributes["dra.cpu/socketID"] = _int(sockets.pop())
+        attributes[qualified("socketID")] = _int(sockets.pop())
     if options.group_by is GroupBy.NUMANODE and len(numas) == 1:
         attributes.update(_numa_attributes(numas.pop()))
     if options.expose_pcie_roots and (roots := _pcie_roots(topology, device.cpus)):

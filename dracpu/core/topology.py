@@ -44,6 +44,10 @@ class CpuInfo:
     l2: int | None = None
     l3: int | None = None
     core_type: CoreType = CoreType.STANDARD
+    base_freq_khz: int | None = None
+    """Base (guaranteed, non-turbo) frequency in kHz, from cpufreq; ``None`` when unknown."""
+    max_freq_khz: int | None = None
+    """Highest frequency the CPU can run at (turbo included) in kHz, from cpufreq."""
 
     @property
     def core_key(self) -> CoreKey:
@@ -127,6 +131,28 @@ class Topology:
     def siblings_of(self, cpu: int) -> CpuSet:
         """The online SMT siblings of ``cpu``, itself included."""
         return self.cores[self.core_of[cpu]]
+
+    def local_memory_of(self, numa: int) -> int | None:
+        """The NUMA node whose memory is nearest to the CPUs of node ``numa``: the node itself
+        when it has memory, else the memory node at the smallest distance (then lowest id);
+        ``None`` when no node has memory. Without node facts the node is its own memory.
+        """
+        nodes = {n.id: n for n in self.numa_nodes}
+        node = nodes.get(numa)
+        if node is None:
+            return None if nodes else numa
+        if node.has_memory:
+            return numa
+        # A node's distance row lists every node in ascending id order.
+        position = {nid: i for i, nid in enumerate(sorted(nodes))}
+
+        def distance(other: NumaNode) -> tuple[int, int]:
+            i = position[other.id]
+            far = node.distances[i] if i < len(node.distances) else 1 << 30
+            return (far, other.id)
+
+        with_memory = [n for n in nodes.values() if n.has_memory]
+        return min(with_memory, key=distance).id if with_memory else None
 
     def numa_nodes_in_sockets(self, ids: Iterable[int]) -> set[int]:
         """NUMA nodes that hold online CPUs of the given sockets."""

@@ -1,7 +1,8 @@
 """The Kubernetes API boundary: client, watch, ResourceSlice publisher and claim cache.
 
 Everything that talks to the API server lives here; the pure planning of slice writes is in
-:mod:`dracpu.kube.slice_diff` (no I/O). See docs/dev/kubernetes-api.md for the calls made, the
+:mod:`dracpu.core.slice_plan` (pure core), and every server body is checked by
+:mod:`dracpu.kube.shape` before it is read. See docs/dev/kubernetes-api.md for the calls made, the
 RBAC they need and the retry rules.
 """
 
@@ -24,6 +25,7 @@ from dracpu.kube.resources import RESOURCE_CLAIMS as RESOURCE_CLAIMS
 from dracpu.kube.resources import RESOURCE_SLICES as RESOURCE_SLICES
 from dracpu.kube.resources import Resource as Resource
 from dracpu.kube.watch import Reflector as Reflector
+from dracpu.kube.watch import ReflectorHealth as ReflectorHealth
 
 __all__ = [
     "DEVICE_CLASSES",
@@ -38,6 +40,7 @@ __all__ = [
     "ObjectList",
     "PublisherHealth",
     "Reflector",
+    "ReflectorHealth",
     "Resource",
     "RetryPolicy",
     "SlicePublisher",

@@ -8,6 +8,14 @@ JSON only. Each call is one logical request that may be retried inside the clien
 * 401 Unauthorized re-reads a rotating token file and retries once at once.
 * every other error Status is raised at once as its typed class (:mod:`dracpu.kube.errors`).
 
+Retries are logged by the one rule of :class:`dracpu.backoff.RetryLoop` (one loop per client: the
+first failure at WARNING, repeats rate-limited, recovery at INFO).
+
+Every body is untrusted: it is read up to a cap (``max_body_bytes``, 16 MiB; a watch line
+``max_watch_line_bytes``, 4 MiB) and checked by :mod:`dracpu.kube.shape` before anyone reads a
+field; a body over the cap or of the wrong shape raises
+:class:`~dracpu.kube.errors.BadBodyError` (not retried here: the caller backs off).
+
 Watches are not retried here: :meth:`KubeClient.watch` yields events until the stream ends or
 fails, and :class:`dracpu.kube.watch.Reflector` decides how to resume.
 
@@ -30,12 +38,14 @@ from typing import Any, NoReturn
 import httpx
 import trio
 
-from dracpu.backoff import Backoff
+from dracpu.backoff import Backoff, RetryLoop
 from dracpu.errors import KubeApiError
 from dracpu.kube.config import KubeConfig, TokenSource
 from dracpu.kube.errors import (
     ApiStatusError,
     ApiUnreachableError,
+    BadBodyError,
+    BodyTooLargeError,
     NotFoundError,
     ServerError,
     TooManyRequestsError,
@@ -44,6 +54,7 @@ from dracpu.kube.errors import (
     status_error,
 )
 from dracpu.kube.resources import Resource
+from dracpu.kube.shape import check_list, check_object, check_watch_event, decode_json
 
 __all__ = ["JSON", "KubeClient", "ObjectList", "RetryPolicy", "WatchEvent"]
 
@@ -51,6 +62,10 @@ JSON = dict[str, Any]
 log = logging.getLogger("dracpu.kube")
 
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+MAX_BODY_BYTES = 16 << 20
+"""Default cap of one response body (a list page of 500 ResourceSlices is far below it)."""
+MAX_WATCH_LINE_BYTES = 4 << 20
+"""Default cap of one watch event line (etcd's default request limit is 1.5 MiB)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,11 +121,28 @@ def _retry_after(response: httpx.Response) -> float | None:
     return max(0.0, (when - now).total_seconds())
 
 
-def _body(response: httpx.Response) -> Any:
+def _error_body(data: bytes, method: str, url: str) -> Any:
+    """The decoded body of an error answer, or None when it is not usable JSON."""
     try:
-        return response.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        return decode_json(data, method=method, url=url)
+    except BadBodyError:
         return None
+
+
+async def _abandon(chunks: AsyncIterator[Any]) -> None:
+    """Finish a half-read httpx body iterator without leaving its generators to the GC.
+
+    httpx reads a body through a chain of async generators; one more pull inside an already
+    cancelled scope reaches the socket read, raises Cancelled through every frame and leaves
+    them finished (trio warns about generators collected while suspended).
+    """
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        try:
+            while True:
+                await chunks.__anext__()
+        except (StopAsyncIteration, httpx.HTTPError):
+            pass
 
 
 class KubeClient:
@@ -129,11 +161,16 @@ class KubeClient:
         timeout: float = 30.0,
         rng: random.Random | None = None,
         user_agent: str = "dracpu",
+        max_body_bytes: int = MAX_BODY_BYTES,
+        max_watch_line_bytes: int = MAX_WATCH_LINE_BYTES,
     ) -> None:
         self.config = config
         self.retry = retry or RetryPolicy()
+        self.max_body_bytes = max_body_bytes
+        self.max_watch_line_bytes = max_watch_line_bytes
         self.request_counts: Counter[str] = Counter()
         self._rng = rng or random.Random()
+        self._retries = RetryLoop("Kubernetes API request", self.retry.backoff, log, rng=self._rng)
         self._tokens: TokenSource | None = config.token_source()
         self._timeout = timeout
         self._http = httpx.AsyncClient(
@@ -195,32 +232,29 @@ class KubeClient:
             try:
                 headers = self._headers(content_type if content is not None else None)
                 self.request_counts[method] += 1
-                response = await self._http.request(
+                sent = self._http.build_request(
                     method, path, params=params, content=content, headers=headers
                 )
+                response = await self._http.send(sent, stream=True)
+                try:
+                    data = await self._read_body(response, method, url)
+                finally:
+                    await response.aclose()
             except httpx.RequestError as exc:
                 error = ApiUnreachableError(f"{type(exc).__name__}: {exc}", method=method, url=url)
                 error.__cause__ = exc
             else:
                 if response.status_code < 400:
-                    data = _body(response)
-                    if data is None and response.content:
-                        raise ServerError(
-                            code=response.status_code,
-                            reason="InvalidBody",
-                            message="response body is not JSON",
-                            method=method,
-                            url=url,
-                        )
-                    return data
+                    self._retries.succeeded()
+                    return decode_json(data, method=method, url=url) if data.strip() else None
                 retry_after = _retry_after(response)
                 error = status_error(
                     response.status_code,
-                    _body(response),
+                    _error_body(data, method, url),
                     method=method,
                     url=url,
                     retry_after=retry_after,
-                    fallback_message=response.text[:200],
+                    fallback_message=data[:200].decode("utf-8", "replace"),
                 )
                 if (
                     isinstance(error, UnauthorizedError)
@@ -240,15 +274,39 @@ class KubeClient:
             delay = self.retry.backoff.delay(attempt - 1, self._rng)
             if retry_after is not None:
                 delay = min(max(retry_after, 0.0), self.retry.max_retry_after)
-            log.debug("%s; retry %d in %.2fs", error, attempt, delay)
+            self._retries.failed(error, delay=delay)
             await trio.sleep(delay)
+
+    async def _read_body(self, response: httpx.Response, method: str, url: str) -> bytes:
+        """Read a streamed body of at most ``max_body_bytes``; BodyTooLargeError beyond.
+
+        The cap applies to the decoded bytes, so a compressed bomb stops at the cap too.
+        """
+        limit = self.max_body_bytes
+        declared = response.headers.get("Content-Length", "").strip()
+        if declared.isdigit() and int(declared) > limit:
+            raise BodyTooLargeError(
+                limit=limit, what=f"body of {declared} bytes", method=method, url=url
+            )
+        buf = bytearray()
+        chunks = response.aiter_bytes()
+        async for chunk in chunks:
+            buf += chunk
+            if len(buf) > limit:
+                await _abandon(chunks)
+                raise BodyTooLargeError(limit=limit, what="body", method=method, url=url)
+        return bytes(buf)
+
+    async def _object(self, method: str, path: str, **kwargs: Any) -> JSON:
+        """One request whose answer must be a named API object (checked by the shape rules)."""
+        data = await self.request(method, path, **kwargs)
+        return check_object(data, method=method, url=f"{self.config.server}{path}", named=True)
 
     # --- typed verbs ------------------------------------------------------------------------
 
     async def get(self, resource: Resource, name: str, *, namespace: str | None = None) -> JSON:
         """GET one object. Raises NotFoundError if absent. Cancellation: nothing to undo."""
-        data: JSON = await self.request("GET", resource.path(namespace=namespace, name=name))
-        return data
+        return await self._object("GET", resource.path(namespace=namespace, name=name))
 
     async def list(
         self,
@@ -274,11 +332,12 @@ class KubeClient:
                 params["labelSelector"] = label_selector
             while True:
                 try:
-                    page: JSON = await self.request("GET", path, params=params)
+                    raw = await self.request("GET", path, params=params)
                 except ApiStatusError as exc:
                     if exc.code == 410 and "continue" in params:
                         break
                     raise
+                page = check_list(raw, method="GET", url=f"{self.config.server}{path}")
                 items.extend(page.get("items") or [])
                 meta = page.get("metadata") or {}
                 token = meta.get("continue")
@@ -297,8 +356,7 @@ class KubeClient:
         self, resource: Resource, obj: Mapping[str, Any], *, namespace: str | None = None
     ) -> JSON:
         """POST a new object; returns it as stored. Cancellation: it may have been created."""
-        data: JSON = await self.request("POST", resource.path(namespace=namespace), body=obj)
-        return data
+        return await self._object("POST", resource.path(namespace=namespace), body=obj)
 
     async def update(
         self,
@@ -314,8 +372,7 @@ class KubeClient:
         """
         name = str(obj.get("metadata", {}).get("name", ""))
         path = resource.path(namespace=namespace, name=name, subresource=subresource)
-        data: JSON = await self.request("PUT", path, body=obj)
-        return data
+        return await self._object("PUT", path, body=obj)
 
     async def update_status(
         self, resource: Resource, obj: Mapping[str, Any], *, namespace: str | None = None
@@ -335,8 +392,7 @@ class KubeClient:
     ) -> JSON:
         """PATCH an object (JSON merge patch by default). Cancellation: may have been applied."""
         path = resource.path(namespace=namespace, name=name, subresource=subresource)
-        data: JSON = await self.request("PATCH", path, body=patch, content_type=patch_type)
-        return data
+        return await self._object("PATCH", path, body=patch, content_type=patch_type)
 
     async def patch_if_needed(
         self,
@@ -450,19 +506,19 @@ class KubeClient:
                 "GET", path, params=params, headers=self._headers(None), timeout=timeout
             ) as response:
                 if response.status_code >= 400:
-                    await response.aread()
+                    data = await self._read_body(response, "WATCH", url)
                     error = status_error(
                         response.status_code,
-                        _body(response),
+                        _error_body(data, "WATCH", url),
                         method="WATCH",
                         url=url,
                         retry_after=_retry_after(response),
-                        fallback_message=response.text[:200],
+                        fallback_message=data[:200].decode("utf-8", "replace"),
                     )
                     if isinstance(error, UnauthorizedError) and self._tokens is not None:
                         self._tokens.invalidate()
                     raise error
-                events = _WatchStream(response, url)
+                events = _WatchStream(response, url, self.max_watch_line_bytes)
                 try:
                     yield events
                 finally:
@@ -474,18 +530,20 @@ class KubeClient:
 
 
 class _WatchStream:
-    """Async iterator of watch events over the lines of a streaming response.
+    """Async iterator of watch events over the newline-delimited body of a streaming response.
 
-    httpx reads a body through a chain of async generators; stopping between two items would
-    leave them to the garbage collector (trio warns about that). So instead of abandoning the
-    chain, :meth:`aclose` (and every error raised here) pulls once more inside an already
-    cancelled scope: the pull reaches the socket read, raises Cancelled through every generator
-    frame and leaves them finished.
+    Lines are split here, not by httpx, so one line is never buffered beyond ``max_line``
+    bytes: a longer one raises BodyTooLargeError before more is read. Each line goes through
+    :func:`dracpu.kube.shape.check_watch_event`. :meth:`aclose` (and every error raised here)
+    finishes httpx's generator chain inside a cancelled scope (see :func:`_abandon`).
     """
 
-    def __init__(self, response: httpx.Response, url: str) -> None:
-        self._lines = response.aiter_lines()
+    def __init__(self, response: httpx.Response, url: str, max_line: int) -> None:
+        self._chunks = response.aiter_bytes()
         self._url = url
+        self._max_line = max_line
+        self._buf = bytearray()
+        self._eof = False
         self._done = False
 
     def __aiter__(self) -> _WatchStream:
@@ -495,47 +553,67 @@ class _WatchStream:
         if self._done:
             return
         self._done = True
-        with trio.CancelScope() as scope:
-            scope.cancel()
-            try:
-                while True:
-                    await self._lines.__anext__()
-            except (StopAsyncIteration, httpx.HTTPError):
-                pass
+        if not self._eof:
+            await _abandon(self._chunks)
 
     async def _fail(self, error: Exception) -> NoReturn:
         await self.aclose()
         raise error
 
-    async def __anext__(self) -> WatchEvent:
+    async def _line(self) -> bytes | None:
+        """The next line (without its newline), or None at the end of the stream."""
         while True:
-            if self._done:
-                raise StopAsyncIteration
+            nl = self._buf.find(b"\n")
+            if nl >= 0:
+                line = bytes(self._buf[:nl])
+                del self._buf[: nl + 1]
+                if len(line) > self._max_line:
+                    break
+                return line
+            if len(self._buf) > self._max_line:
+                break
+            if self._eof:
+                line, self._buf = bytes(self._buf), bytearray()
+                return line or None
             try:
-                line = await self._lines.__anext__()
+                chunk = await self._chunks.__anext__()
             except StopAsyncIteration:
-                self._done = True
-                raise
+                self._eof = True
+                continue
             except httpx.RequestError as exc:
-                self._done = True
+                self._eof = self._done = True
                 raise ApiUnreachableError(
                     f"{type(exc).__name__}: {exc}", method="WATCH", url=self._url
                 ) from exc
             except BaseException:
-                self._done = True
+                self._eof = self._done = True
                 raise
+            self._buf += chunk
+        await self._fail(
+            BodyTooLargeError(
+                limit=self._max_line, what="watch event line", method="WATCH", url=self._url
+            )
+        )
+
+    async def __anext__(self) -> WatchEvent:
+        while True:
+            if self._done:
+                raise StopAsyncIteration
+            line = await self._line()
+            if line is None:
+                self._done = True
+                raise StopAsyncIteration
             if line.strip():
                 break
         url = self._url
+        text = line[:200].decode("utf-8", "replace")
         try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as exc:
-            err = WatchProtocolError("not JSON", line=line, url=url)
-            err.__cause__ = exc
-            await self._fail(err)
-        if not isinstance(raw, dict) or not isinstance(raw.get("object"), dict):
-            await self._fail(WatchProtocolError("not a watch event", line=line, url=url))
-        kind = raw.get("type")
+            raw = check_watch_event(decode_json(line, method="WATCH", url=url), url=url)
+        except BadBodyError as exc:
+            await self._fail(exc)
+        if "type" not in raw or "object" not in raw:
+            await self._fail(WatchProtocolError("not a watch event", line=text, url=url))
+        kind = raw["type"]
         obj: JSON = raw["object"]
         if kind == "ERROR":
             code = obj.get("code")
@@ -543,7 +621,7 @@ class _WatchStream:
                 status_error(code if isinstance(code, int) else 500, obj, method="WATCH", url=url)
             )
         if kind not in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK"):
-            await self._fail(WatchProtocolError(f"unknown event type {kind!r}", line=line, url=url))
+            await self._fail(WatchProtocolError(f"unknown event type {kind!r}", line=text, url=url))
         return WatchEvent(str(kind), obj)
 
 

@@ -20,6 +20,8 @@ of comparing codes. Transport failures (refused connection, reset stream, TLS fa
     │   ├── TooManyRequestsError     429, with Retry-After
     │   └── ServerError              5xx
     ├── WatchProtocolError       a watch stream carried something that is not a watch event
+    ├── BadBodyError             a 2xx body (or watch line) is not JSON of the expected shape
+    │   └── BodyTooLargeError        it is over the client's size cap
     └── ClaimMismatchError       a ResourceClaim is not the one the kubelet asked about
 """
 
@@ -35,7 +37,9 @@ __all__ = [
     "AlreadyExistsError",
     "ApiStatusError",
     "ApiUnreachableError",
+    "BadBodyError",
     "BadRequestError",
+    "BodyTooLargeError",
     "ClaimMismatchError",
     "ConflictError",
     "ForbiddenError",
@@ -164,6 +168,29 @@ class WatchProtocolError(KubeApiError):
         self.line = line
         self.url = url
         super().__init__(f"watch {url}: {message}: {line[:200]!r}")
+
+
+class BadBodyError(KubeApiError):
+    """The server's body is unusable: not JSON, nested too deep, or a field of the wrong type.
+
+    ``field`` is the JSON path of the offending value (``items[3].metadata``; "" for the whole
+    body), ``method``/``url`` the request. Treated like a failed request: callers back off.
+    """
+
+    def __init__(self, message: str, *, method: str, url: str, field: str = "") -> None:
+        self.method = method
+        self.url = url
+        self.field = field
+        at = f" at {field}" if field else ""
+        super().__init__(f"{method} {url}: bad body{at}: {message}")
+
+
+class BodyTooLargeError(BadBodyError):
+    """A response body or a watch line is over the client's cap (``limit`` bytes); not read on."""
+
+    def __init__(self, *, limit: int, what: str, method: str, url: str) -> None:
+        self.limit = limit
+        super().__init__(f"{what} exceeds {limit} bytes", method=method, url=url)
 
 
 class ClaimMismatchError(KubeApiError):

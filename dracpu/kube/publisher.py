@@ -3,14 +3,15 @@
 :class:`SlicePublisher` runs two tasks: a :class:`~dracpu.kube.watch.Reflector` that lists and
 watches the slices with field selectors ``spec.nodeName=<node>,spec.driver=<driver>``, and a
 reconcile loop that, whenever the watch reports a change or :meth:`SlicePublisher.set_desired`
-gives new specs, asks :func:`~dracpu.kube.slice_diff.plan_slices` for the difference and writes
+gives new specs, asks :func:`~dracpu.core.slice_plan.plan_slices` for the difference and writes
 it (deletes, then updates, then creates). The loop coalesces bursts (``settle`` seconds, e.g. the
 kubelet deleting all slices at once), so a wipe is repaired within well under a second of the
 watch event, and it sends nothing while nothing changes.
 
 Failures never escape: the API server being unreachable, throttling, RBAC errors and validation
 errors are recorded in :meth:`SlicePublisher.health` and retried with bounded exponential
-backoff and jitter (validation errors more slowly: only a new desired state can fix them).
+backoff and jitter (validation errors more slowly: only a new desired state can fix them),
+logged by the rule of :class:`dracpu.backoff.RetryLoop`.
 
 Dropped fields: after every write the publisher compares what it sent with what the server
 stored. If fields went missing (a feature gate is off on the API server, e.g.
@@ -32,18 +33,8 @@ from typing import Any, NoReturn
 import trio
 
 from dracpu import DRIVER_NAME
-from dracpu.backoff import Backoff
-from dracpu.errors import InvalidValueError, KubeApiError
-from dracpu.kube.client import JSON, KubeClient
-from dracpu.kube.errors import (
-    AlreadyExistsError,
-    ApiUnreachableError,
-    ConflictError,
-    InvalidError,
-    NotFoundError,
-)
-from dracpu.kube.resources import NODES, RESOURCE_SLICES
-from dracpu.kube.slice_diff import (
+from dracpu.backoff import Backoff, RetryLoop
+from dracpu.core.slice_plan import (
     SliceDelete,
     SlicePlan,
     SliceWrite,
@@ -54,6 +45,16 @@ from dracpu.kube.slice_diff import (
     missing_gates,
     plan_slices,
 )
+from dracpu.errors import InvalidValueError, KubeApiError
+from dracpu.kube.client import JSON, KubeClient
+from dracpu.kube.errors import (
+    AlreadyExistsError,
+    ApiUnreachableError,
+    ConflictError,
+    InvalidError,
+    NotFoundError,
+)
+from dracpu.kube.resources import NODES, RESOURCE_SLICES
 from dracpu.kube.watch import Change, Reflector
 
 __all__ = ["PublisherHealth", "SlicePublisher"]
@@ -67,7 +68,8 @@ class PublisherHealth:
 
     ``state`` is "starting" (no desired specs or no list yet), "in-sync", "syncing" or "error".
     ``missing_feature_gates``/``dropped_fields`` are non-empty when the API server drops fields.
-    ``creates``/``updates``/``deletes`` count successful writes since start.
+    ``creates``/``updates``/``deletes`` count successful writes since start;
+    ``early_watch_ends`` the slice watches that ended before their minimum lifetime.
     """
 
     state: str
@@ -81,6 +83,7 @@ class PublisherHealth:
     updates: int
     deletes: int
     last_in_sync: float | None
+    early_watch_ends: int = 0
 
     @property
     def ok(self) -> bool:
@@ -126,6 +129,7 @@ class SlicePublisher:
         self.backoff = backoff or Backoff(initial=0.2, maximum=30.0)
         self.invalid_backoff = invalid_backoff or Backoff(initial=5.0, maximum=300.0)
         self._rng = rng or random.Random()
+        self._retry = RetryLoop("publishing ResourceSlices", self.backoff, log, rng=self._rng)
         self.reflector = Reflector(
             client,
             RESOURCE_SLICES,
@@ -189,6 +193,7 @@ class SlicePublisher:
             updates=self._counts["update"],
             deletes=self._counts["delete"],
             last_in_sync=self._last_in_sync,
+            early_watch_ends=self.reflector.early_watch_ends,
         )
 
     # --- loop -------------------------------------------------------------------------------
@@ -205,7 +210,7 @@ class SlicePublisher:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _reconcile_forever(self) -> NoReturn:
-        failures = 0
+        retry = self._retry
         while True:
             await self._wake.wait()
             await self._settle()
@@ -218,7 +223,7 @@ class SlicePublisher:
                 if plan.empty:
                     self._generation = max(self._generation, plan.generation)
                     self._mark_in_sync()
-                    failures = 0
+                    retry.succeeded()
                     continue
                 self._state = "syncing"
                 log.info(
@@ -231,25 +236,25 @@ class SlicePublisher:
                 )
                 await self._execute(plan)
                 self._generation = max(self._generation, plan.generation)
-                failures = 0
+                retry.succeeded()
                 self._last_error = None
                 self._unreachable = False
                 self._wake.set()  # Confirm against the store: expect an empty plan.
             except (ConflictError, NotFoundError, AlreadyExistsError) as exc:
                 # Our view is stale (someone changed or deleted slices meanwhile); the watch
                 # is catching up. Retry soon, then back off if it keeps happening.
-                failures += 1
                 self._last_error = str(exc)
-                log.info("slice write raced with another change, retrying: %s", exc)
-                delay = self.race_backoff.delay(failures - 1, self._rng)
+                delay = retry.failed(
+                    f"slice write raced with another change: {exc}",
+                    level=logging.INFO,
+                    schedule=self.race_backoff,
+                )
             except InvalidError as exc:
-                failures += 1
-                self._fail(exc, level=logging.ERROR)
-                delay = self.invalid_backoff.delay(failures - 1, self._rng)
+                self._fail(exc)
+                delay = retry.failed(exc, level=logging.ERROR, schedule=self.invalid_backoff)
             except (KubeApiError, InvalidValueError) as exc:
-                failures += 1
-                self._fail(exc, level=logging.WARNING if failures in (1, 5) else logging.DEBUG)
-                delay = self.backoff.delay(failures - 1, self._rng)
+                self._fail(exc)
+                delay = retry.failed(exc)
             if delay:
                 with trio.move_on_after(delay):
                     await self._kick.wait()
@@ -270,11 +275,10 @@ class SlicePublisher:
                 self._wake = trio.Event()
                 return
 
-    def _fail(self, exc: Exception, *, level: int) -> None:
+    def _fail(self, exc: Exception) -> None:
         self._state = "error"
         self._last_error = str(exc)
         self._unreachable = isinstance(exc, ApiUnreachableError)
-        log.log(level, "publishing ResourceSlices failed: %s", exc)
 
     def _mark_in_sync(self) -> None:
         if self._state != "in-sync":

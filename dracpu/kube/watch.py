@@ -4,11 +4,13 @@
 list's resourceVersion with bookmarks on; it resumes a watch that ends or drops from the last
 resourceVersion it saw, lists again on ``410 Gone`` (as an HTTP answer or an ``ERROR`` event), and
 waits with bounded exponential backoff and jitter after failures, so a dead API server costs a
-few requests a minute, not a tight loop. After three failed resumes in a row it lists afresh, in
-case the server no longer knows the resourceVersion (its etcd was replaced or restored); only a
-watch that delivers events resets the backoff. Its :attr:`Reflector.store` maps
-``namespace/name`` to the newest object; ``on_change`` is called after every change so owners
-can react.
+few requests a minute, not a tight loop. A watch that ends within ``min_watch_lifetime`` is such
+a failure whatever it delivered (counted in :meth:`Reflector.health`), so a proxy that closes
+every stream after one event cannot make it spin. After three failed resumes in a row it lists
+afresh, in case the server no longer knows the resourceVersion (its etcd was replaced or
+restored); only a watch that delivers events and lives the minimum lifetime resets the backoff.
+Its :attr:`Reflector.store` maps ``namespace/name`` to the newest object; ``on_change`` is
+called after every change so owners can react.
 
 Writers that have just stored an object can put the server's answer into the store at once with
 :meth:`Reflector.remember` (like client-go's mutation cache) so they do not act on an older copy
@@ -25,13 +27,16 @@ from typing import Any, NoReturn
 
 import trio
 
-from dracpu.backoff import Backoff
+from dracpu.backoff import Backoff, RetryLoop
 from dracpu.errors import KubeApiError
 from dracpu.kube.client import JSON, KubeClient
 from dracpu.kube.errors import ApiStatusError, GoneError
 from dracpu.kube.resources import Resource
 
-__all__ = ["Change", "Reflector", "object_key"]
+__all__ = ["Change", "Reflector", "ReflectorHealth", "object_key"]
+
+MIN_WATCH_LIFETIME = 1.0
+"""A watch that ends sooner than this (seconds) counts as a failure and is retried with backoff."""
 
 log = logging.getLogger("dracpu.kube.watch")
 
@@ -64,6 +69,20 @@ class Change:
     object: JSON | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ReflectorHealth:
+    """A snapshot of one reflector: ``early_watch_ends`` counts watches that ended before the
+    minimum lifetime, ``failures`` the current failure streak (0 when working)."""
+
+    synced: bool
+    healthy: bool
+    last_error: str | None
+    lists: int
+    watches: int
+    early_watch_ends: int
+    failures: int
+
+
 class Reflector:
     """List + watch one resource (optionally filtered) into :attr:`store`.
 
@@ -85,6 +104,7 @@ class Reflector:
         on_change: Callable[[Change], None] | None = None,
         backoff: Backoff | None = None,
         watch_timeout: int = 300,
+        min_watch_lifetime: float = MIN_WATCH_LIFETIME,
         rng: random.Random | None = None,
     ) -> None:
         self.client = client
@@ -103,7 +123,10 @@ class Reflector:
         self.last_error: str | None = None
         self.lists = 0
         self.watches = 0
+        self.early_watch_ends = 0
+        self.min_watch_lifetime = min_watch_lifetime
         self._rng = rng or random.Random()
+        self._retry = RetryLoop(f"{resource.plural} list/watch", self.backoff, log, rng=self._rng)
 
     # --- store --------------------------------------------------------------------------------
 
@@ -142,15 +165,31 @@ class Reflector:
 
     # --- loop ---------------------------------------------------------------------------------
 
+    def health(self) -> ReflectorHealth:
+        """A snapshot of the loop's state (cheap; no I/O)."""
+        return ReflectorHealth(
+            synced=self.synced.is_set(),
+            healthy=self.healthy,
+            last_error=self.last_error,
+            lists=self.lists,
+            watches=self.watches,
+            early_watch_ends=self.early_watch_ends,
+            failures=self._retry.failures,
+        )
+
     async def run(self) -> NoReturn:
         """List and watch until cancelled; never returns and never raises KubeApiError.
 
-        Failures are logged, recorded in :attr:`last_error`, and retried with backoff.
-        Cancellation: stops at once; the store keeps its last contents.
+        Failures are logged (the rule of :class:`~dracpu.backoff.RetryLoop`), recorded in
+        :attr:`last_error`, and retried with backoff. A watch that ends before
+        ``min_watch_lifetime`` counts as a failure whatever it delivered (a proxy closing every
+        stream must not turn into a request storm). Cancellation: stops at once; the store keeps
+        its last contents.
         """
-        failures = 0
+        retry = self._retry
         need_list = True
         while True:
+            delay = 0.0
             try:
                 if need_list:
                     listed = await self.client.list(
@@ -165,47 +204,56 @@ class Reflector:
                     need_list = False
                     self.healthy, self.last_error = True, None
                     self.synced.set()
-                got_events = await self._watch_once()
-                if got_events:
-                    failures = 0
+                opened = trio.current_time()
+                events = await self._watch_once()
+                lifetime = trio.current_time() - opened
+                if lifetime < self.min_watch_lifetime:
+                    # Ended early: a proxy or load balancer cutting streams, or a server in
+                    # trouble. Back off whatever it delivered; without events it may also not
+                    # know our resourceVersion, so the relist rule below applies.
+                    self.early_watch_ends += 1
+                    text = (
+                        f"watch ended after {lifetime:.3f} s with {events} event(s) "
+                        f"(minimum lifetime {self.min_watch_lifetime} s)"
+                    )
+                    self.healthy, self.last_error = False, text
+                    delay = retry.failed(f"{self.resource.plural} {text}")
+                    if events == 0 and retry.failures >= 3:
+                        need_list = True
+                elif events:
+                    retry.succeeded()
                     continue
-                # The stream closed without a single event: normal after a server timeout, but
-                # if it keeps happening the server is unhealthy; do not spin, and list again
-                # (our resourceVersion may mean nothing to it, e.g. after an etcd restore).
-                failures += 1
-                if failures < 3:
-                    continue
-                need_list = True
+                else:
+                    # The stream closed without a single event: normal after a server timeout, but
+                    # if it keeps happening the server is unhealthy; do not spin, and list again
+                    # (our resourceVersion may mean nothing to it, e.g. after an etcd restore).
+                    text = f"{self.resource.plural} watch ended without events"
+                    if retry.failures < 2:
+                        retry.failed(text, retry_now=True)
+                        continue
+                    delay = retry.failed(text)
+                    need_list = True
             except GoneError as exc:
                 log.info("%s: %s; listing again", self.resource.plural, exc)
                 need_list = True
-                failures += 1
-                if failures < 2:
+                if retry.failures < 1:
+                    retry.failed(exc, retry_now=True)
                     continue
+                delay = retry.failed(exc)
             except KubeApiError as exc:
-                failures += 1
                 self.healthy, self.last_error = False, str(exc)
-                level = (
-                    logging.WARNING if failures in (1, 5) or failures % 20 == 0 else logging.DEBUG
-                )
-                log.log(
-                    level,
-                    "%s list/watch failed (attempt %d): %s",
-                    self.resource.plural,
-                    failures,
-                    exc,
-                )
-                if failures >= 3 or (
+                delay = retry.failed(f"{self.resource.plural} list/watch: {exc}")
+                if retry.failures >= 3 or (
                     isinstance(exc, ApiStatusError) and exc.code in (400, 403, 404)
                 ):
                     # Resuming keeps failing: the resourceVersion may be unknown to the server
                     # (its etcd was replaced: "too large resource version"); list afresh.
                     need_list = True
-            await trio.sleep(self.backoff.delay(failures - 1, self._rng))
+            await trio.sleep(delay)
 
-    async def _watch_once(self) -> bool:
-        """One watch request; returns whether any event (bookmarks included) arrived."""
-        got = False
+    async def _watch_once(self) -> int:
+        """One watch request; returns how many events (bookmarks included) arrived."""
+        got = 0
         self.watches += 1
         async with self.client.watch(
             self.resource,
@@ -216,7 +264,7 @@ class Reflector:
             timeout_seconds=self.watch_timeout + self._rng.randrange(0, 60),
         ) as events:
             async for event in events:
-                got = True
+                got += 1
                 self.healthy, self.last_error = True, None
                 if event.resource_version:
                     self.resource_version = event.resource_version

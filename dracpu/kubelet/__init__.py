@@ -19,6 +19,7 @@ from dracpu.kubelet.health import DeviceHealth, Health, HealthBoard
 from dracpu.kubelet.paths import DEFAULT_KUBELET_ROOT, PluginPaths
 from dracpu.kubelet.plugin import KubeletPluginConfig, RunningPlugin, serve_kubelet_plugin
 from dracpu.kubelet.registration import RegistrationState, RegistrationStatusBoard
+from dracpu.kubelet.unix_grpc import GrpcLimits
 
 __all__ = [
     "DEFAULT_KUBELET_ROOT",
@@ -28,6 +29,7 @@ __all__ = [
     "ClaimRef",
     "ClaimUnprepared",
     "DeviceHealth",
+    "GrpcLimits",
     "Health",
     "HealthBoard",
     "KubeletPluginConfig",

@@ -6,6 +6,7 @@ These wrappers are the only place this package touches trio-asyncio.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any, ParamSpec, TypeVar, cast
@@ -19,6 +20,14 @@ T = TypeVar("T")
 def open_loop() -> AbstractAsyncContextManager[Any]:
     """Open a trio-asyncio loop for the block (``async with open_loop(): ...``)."""
     return cast(AbstractAsyncContextManager[Any], trio_asyncio.open_loop())
+
+
+def current_loop() -> asyncio.AbstractEventLoop:
+    """The trio-asyncio loop of the calling trio task (inside :func:`open_loop`)."""
+    loop = trio_asyncio.current_loop.get()
+    if loop is None:
+        raise RuntimeError("no trio-asyncio loop is open in this task")
+    return cast(asyncio.AbstractEventLoop, loop)
 
 
 def has_loop() -> bool:
@@ -44,4 +53,4 @@ async def run_trio(fn: Callable[P, Awaitable[T]], *args: P.args, **kwargs: P.kwa
     return cast(T, await trio_asyncio.trio_as_aio(fn)(*args, **kwargs))
 
 
-__all__ = ["has_loop", "open_loop", "run_asyncio", "run_trio"]
+__all__ = ["current_loop", "has_loop", "open_loop", "run_asyncio", "run_trio"]

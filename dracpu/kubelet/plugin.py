@@ -39,7 +39,7 @@ from dracpu.kubelet.health import (
 )
 from dracpu.kubelet.paths import DEFAULT_KUBELET_ROOT, PluginPaths
 from dracpu.kubelet.registration import RegistrationService, RegistrationStatusBoard
-from dracpu.kubelet.unix_grpc import serve_unix_grpc
+from dracpu.kubelet.unix_grpc import GrpcLimits, serve_unix_grpc
 
 _log = logging.getLogger(__name__)
 
@@ -60,6 +60,9 @@ class KubeletPluginConfig:
     appeared, the socket is re-created, which the kubelet sees as a new plugin. 1.34/1.35 kubelets
     do not retry a failed registration by themselves. The wait doubles per attempt (with +-20 %
     jitter) up to ``registration_retry_max``; once confirmed, the socket stays. ``None`` disables.
+
+    ``grpc_limits`` bounds what a peer of either socket can make the plugin hold (message size,
+    streams and connections, idle time; see :class:`~dracpu.kubelet.unix_grpc.GrpcLimits`).
     """
 
     driver_name: str = DRIVER_NAME
@@ -73,6 +76,7 @@ class KubeletPluginConfig:
     serialize: bool = True
     registration_retry: float | None = DEFAULT_REGISTRATION_RETRY
     registration_retry_max: float = MAX_REGISTRATION_RETRY
+    grpc_limits: GrpcLimits = field(default_factory=GrpcLimits)
 
     def paths(self) -> PluginPaths:
         """The socket paths this configuration uses (validates the inputs)."""
@@ -144,7 +148,7 @@ async def serve_kubelet_plugin(
     try:
         async with loop_cm, trio.open_nursery() as nursery:
             await nursery.start(dispatcher.run)
-            async with serve_unix_grpc(paths.dra_socket, dra_services):
+            async with serve_unix_grpc(paths.dra_socket, dra_services, config.grpc_limits):
                 await _serve_registration(config, paths, registration_service, running, task_status)
     except BaseExceptionGroup as group:
         # trio-asyncio's loop runs a nursery, which wraps our own errors in a group; hand a
@@ -177,7 +181,7 @@ async def _serve_registration(
     )
     started = False
     while True:
-        async with serve_unix_grpc(paths.registration_socket, [service]):
+        async with serve_unix_grpc(paths.registration_socket, [service], config.grpc_limits):
             if not started:
                 _log.info(
                     "kubelet plugin %s ready: registration %s, DRA %s, services %s",

@@ -8,9 +8,14 @@ calls made with :meth:`~MuxConnection.call` (the plugin calls the runtime).
 Everything is bounded: the decoders hold at most one maximal frame, at most
 ``max_concurrent_requests`` requests are served at once (more are refused with
 RESOURCE_EXHAUSTED), and frames for unknown logical connections are dropped without buffering.
-A malformed or oversized frame, EOF, or a failed write closes the connection: the reason is
-logged once, every pending call fails with :class:`ConnectionClosedError`, and every request
-task is cancelled.
+Refusals (bad stream ids, too many requests) are answered by one reply task from a queue of at
+most ``max_queued_replies``; when it is full the read loop waits (backpressure), so a peer that
+floods requests without reading the answers costs no more memory. Time is bounded too: a write
+that the peer does not drain within ``write_timeout`` seconds, or a frame left incomplete for
+``frame_timeout`` seconds (slowloris), closes the connection.
+A malformed or oversized frame, EOF, a stalled peer or a failed write closes the connection: the
+reason is logged once, every pending call fails with :class:`ConnectionClosedError`, and every
+request task is cancelled.
 """
 
 from __future__ import annotations
@@ -41,6 +46,12 @@ whose deadline passed gets no answer, exactly as if the handler were still runni
 """
 
 READ_SIZE = 1 << 16
+FRAME_TIMEOUT = 10.0
+"""Seconds a started frame may stay incomplete before the connection is closed."""
+WRITE_TIMEOUT = 10.0
+"""Seconds one write may wait for the peer to read before the connection is closed."""
+MAX_QUEUED_REPLIES = 16
+"""Refusal replies waiting for the socket before the read loop stops reading."""
 _MAX_STREAM_ID = 0xFFFFFFFF
 
 
@@ -69,8 +80,16 @@ class MuxConnection:
         max_concurrent_requests: int = 64,
         serve_conn: int = mux.PLUGIN_SERVICE_CONN,
         call_conn: int = mux.RUNTIME_SERVICE_CONN,
+        frame_timeout: float = FRAME_TIMEOUT,
+        write_timeout: float = WRITE_TIMEOUT,
+        max_queued_replies: int = MAX_QUEUED_REPLIES,
     ) -> None:
         self._stream = stream
+        self._frame_timeout = frame_timeout
+        self._write_timeout = write_timeout
+        self._refusals, self._refusals_out = trio.open_memory_channel[tuple[int, int, str]](
+            max_queued_replies
+        )
         self._serve_conn = serve_conn
         self._call_conn = call_conn
         self._serve = serve
@@ -140,6 +159,7 @@ class MuxConnection:
                 self._cancel_scope = nursery.cancel_scope
                 if self._close_reason:
                     nursery.cancel_scope.cancel()
+                nursery.start_soon(self._reply_refusals)
                 task_status.started()
                 try:
                     await self._read_loop()
@@ -162,14 +182,29 @@ class MuxConnection:
         frames = mux.Decoder(origin=f"{self._name} mux")
         server = ttrpc.Decoder(origin=f"{self._name} conn {self._serve_conn} (served)")
         client = ttrpc.Decoder(origin=f"{self._name} conn {self._call_conn} (called)")
+        partial_since: float | None = None  # when the oldest incomplete frame started
         while True:
-            data = await self._stream.receive_some(READ_SIZE)
+            buffered = frames.buffered + server.buffered + client.buffered
+            if not buffered:
+                partial_since = None
+            elif partial_since is None:
+                partial_since = trio.current_time()
+            deadline = math.inf if partial_since is None else partial_since + self._frame_timeout
+            data: bytes | bytearray = b""
+            with trio.move_on_at(deadline):
+                data = await self._stream.receive_some(READ_SIZE)
+                if not data:
+                    return
             if not data:
-                return
+                raise FrameError(
+                    f"frame incomplete for {self._frame_timeout} s ({buffered} bytes buffered)",
+                    value=buffered,
+                    origin=f"{self._name} mux",
+                )
             for conn_id, payload in frames.feed(data):
                 if conn_id == self._serve_conn:
                     for msg in server.feed(payload):
-                        self._on_server_message(msg)
+                        await self._on_server_message(msg)
                 elif conn_id == self._call_conn:
                     for msg in client.feed(payload):
                         self._on_client_message(msg)
@@ -183,35 +218,38 @@ class MuxConnection:
 
     # ------------------------------------------------------------------ server side (conn 1)
 
-    def _on_server_message(self, msg: ttrpc.Message) -> None:
+    async def _on_server_message(self, msg: ttrpc.Message) -> None:
         if msg.type != MessageType.REQUEST:
             # Go's server ignores unknown types for forward compatibility; NRI sends none.
             log.debug("%s: ignored ttrpc message type %d on conn 1", self._name, msg.type)
             return
         assert self._nursery is not None
         if msg.stream_id % 2 == 0:
-            self._nursery.start_soon(
-                self._reply_error,
-                msg.stream_id,
-                Code.INVALID_ARGUMENT,
-                "StreamID must be odd for client initiated streams",
+            await self._refusals.send(
+                (
+                    msg.stream_id,
+                    Code.INVALID_ARGUMENT,
+                    "StreamID must be odd for client initiated streams",
+                )
             )
             return
         if msg.stream_id <= self._last_request_id:
-            self._nursery.start_soon(
-                self._reply_error,
-                msg.stream_id,
-                Code.INVALID_ARGUMENT,
-                "StreamID cannot be re-used and must increment",
+            await self._refusals.send(
+                (
+                    msg.stream_id,
+                    Code.INVALID_ARGUMENT,
+                    "StreamID cannot be re-used and must increment",
+                )
             )
             return
         self._last_request_id = msg.stream_id
         if self._inflight >= self._max_concurrent:
-            self._nursery.start_soon(
-                self._reply_error,
-                msg.stream_id,
-                Code.RESOURCE_EXHAUSTED,
-                f"more than {self._max_concurrent} concurrent requests",
+            await self._refusals.send(
+                (
+                    msg.stream_id,
+                    Code.RESOURCE_EXHAUSTED,
+                    f"more than {self._max_concurrent} concurrent requests",
+                )
             )
             return
         self._inflight += 1
@@ -275,6 +313,11 @@ class MuxConnection:
         finally:
             self._handler_tasks.discard(task)
             self._inflight -= 1
+
+    async def _reply_refusals(self) -> None:
+        """The one task answering refused requests, in order, from the bounded queue."""
+        async for stream_id, code, message in self._refusals_out:
+            await self._reply_error(stream_id, code, message)
 
     async def _reply_error(self, stream_id: int, code: int, message: str) -> None:
         body = bytes(Response(status=Status(code=code, message=message)))
@@ -367,12 +410,22 @@ class MuxConnection:
             await self._write(data)
 
     async def _write(self, data: bytes) -> None:
-        """Write under the lock; any failure or cancellation mid-write closes the connection."""
-        try:
-            await self._stream.send_all(data)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-            self.close(f"write failed: {exc!r}")
-            raise ConnectionClosedError(self._close_reason) from exc
-        except BaseException:
-            self.close("write interrupted by cancellation")
-            raise
+        """Write under the lock; any failure or cancellation mid-write closes the connection,
+        and so does a peer that does not take the bytes within ``write_timeout`` seconds."""
+        with trio.move_on_after(self._write_timeout) as scope:
+            try:
+                await self._stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                self.close(f"write failed: {exc!r}")
+                raise ConnectionClosedError(self._close_reason) from exc
+            except BaseException:
+                if scope.cancel_called:
+                    self.close(
+                        f"peer stopped reading: a {len(data)}-byte write did not complete "
+                        f"within {self._write_timeout} s"
+                    )
+                else:
+                    self.close("write interrupted by cancellation")
+                raise
+        if scope.cancelled_caught:
+            raise ConnectionClosedError(self._close_reason)

@@ -6,7 +6,8 @@ clamped to what the runtime knows, accumulate chunked Synchronize requests (``mo
 hand the full state to the handler once, then dispatch events until the socket closes. The
 runtime never reconnects to a plugin, so :meth:`NriPlugin.run` redials with bounded exponential
 backoff with jitter and re-registers with the same name and index; the new Synchronize is the
-full resync.
+full resync. Redials are logged by the rule of :class:`dracpu.backoff.RetryLoop`; a completed
+Synchronize ends the failure streak.
 """
 
 from __future__ import annotations
@@ -21,13 +22,15 @@ from typing import TypeVar
 import betterproto2
 import trio
 
-from dracpu.backoff import Backoff
+from dracpu.backoff import Backoff, RetryLoop
+from dracpu.core.names import DRIVER_NAME
 from dracpu.errors import InvalidValueError, ProtocolError
-from dracpu.nri.connection import MuxConnection
+from dracpu.nri.connection import FRAME_TIMEOUT, WRITE_TIMEOUT, MuxConnection
 from dracpu.nri.errors import ConnectionClosedError, RpcStatusError
 from dracpu.nri.events import DEFAULT_EVENTS, SUBSCRIBABLE, events_of, mask_of, runtime_valid_mask
 from dracpu.nri.handler import NriHandler, RuntimeInfo
 from dracpu.nri.ttrpc import Code
+from dracpu.protowire import MalformedMessageError, parse_strict
 from generated.nri.pkg.api import v1alpha1 as api
 
 REDIAL_BACKOFF = Backoff(initial=0.2, maximum=30.0, jitter=0.5)
@@ -67,9 +70,11 @@ _M = TypeVar("_M", bound=betterproto2.Message)
 
 
 def _decode(kind: type[_M], payload: bytes, method: str) -> _M:
+    """Decode a request strictly (:mod:`dracpu.protowire`): truncated or wrong-typed payloads
+    are refused with INVALID_ARGUMENT instead of decoded leniently."""
     try:
-        return kind.parse(payload)
-    except Exception as exc:
+        return parse_strict(kind, payload)
+    except MalformedMessageError as exc:
         raise RpcStatusError(Code.INVALID_ARGUMENT, f"undecodable {method} request: {exc}") from exc
 
 
@@ -108,19 +113,22 @@ class NriPlugin:
     both). ``events`` is the desired subscription; Configure clamps it to the runtime's events.
     ``dial`` opens the socket (default: the unix socket at ``socket_path``); tests pass an
     in-memory stream factory. ``backoff`` paces redials (``rng`` seeds its jitter in tests).
+    ``frame_timeout``/``write_timeout`` bound a stalled runtime (see :class:`MuxConnection`).
     """
 
     def __init__(
         self,
         handler: NriHandler,
         *,
-        name: str = "dra.cpu",
+        name: str = DRIVER_NAME,
         index: str = "90",
         socket_path: str = DEFAULT_SOCKET_PATH,
         events: Collection[api.Event] = DEFAULT_EVENTS,
         dial: Dialer | None = None,
         backoff: Backoff | None = None,
         rng: random.Random | None = None,
+        frame_timeout: float = FRAME_TIMEOUT,
+        write_timeout: float = WRITE_TIMEOUT,
     ) -> None:
         if not _NAME.match(name):
             raise InvalidValueError(
@@ -145,7 +153,14 @@ class NriPlugin:
         self._socket_path = socket_path
         self._events = frozenset(events)
         self._dial: Dialer = dial if dial is not None else self._dial_unix
-        self._backoff = (backoff if backoff is not None else REDIAL_BACKOFF).counter(rng)
+        self._retry = RetryLoop(
+            f"NRI connection to {socket_path}",
+            backoff if backoff is not None else REDIAL_BACKOFF,
+            log,
+            rng=rng,
+        )
+        self._frame_timeout = frame_timeout
+        self._write_timeout = write_timeout
         self._session: _Session | None = None
         self._sessions_synchronized = 0
 
@@ -190,18 +205,18 @@ class NriPlugin:
             try:
                 stream = await self._dial()
             except OSError as exc:
-                delay = self._backoff.next_delay()
-                log.warning(
-                    "NRI: cannot connect to %s (%s); retrying in %.2f s",
-                    self._socket_path,
-                    exc,
-                    delay,
-                )
-                await trio.sleep(delay)
+                await trio.sleep(self._retry.failed(f"cannot connect: {exc}"))
                 continue
             reason = ""
             async with trio.open_nursery() as nursery:
-                session = _Session(MuxConnection(stream, self._serve, name=f"nri {self.name}"))
+                conn = MuxConnection(
+                    stream,
+                    self._serve,
+                    name=f"nri {self.name}",
+                    frame_timeout=self._frame_timeout,
+                    write_timeout=self._write_timeout,
+                )
+                session = _Session(conn)
                 self._session = session
 
                 async def report_ready(session: _Session = session) -> None:
@@ -216,9 +231,7 @@ class NriPlugin:
                 reason = await self._run_session(session)
                 nursery.cancel_scope.cancel()
             self._session = None
-            delay = self._backoff.next_delay()
-            log.warning("NRI: connection lost (%s); reconnecting in %.2f s", reason, delay)
-            await trio.sleep(delay)
+            await trio.sleep(self._retry.failed(f"connection lost: {reason}"))
 
     async def update_containers(
         self,
@@ -394,5 +407,5 @@ class NriPlugin:
         updates = await self._handler.synchronize(pods, containers)
         session.synchronized.set()
         self._sessions_synchronized += 1
-        self._backoff.reset()
+        self._retry.succeeded()
         return bytes(api.SynchronizeResponse(update=list(updates), more=False))

@@ -39,6 +39,27 @@ CAPTURE_CASES = [
     ("2-socket-4-node-40-core", "0-2,40-41", 3, PACKED, "5,42,45"),
     # Socket 0 partly used, socket 1 free: 8 CPUs stay inside socket 0's NUMA node 1.
     ("2-socket-4-node-40-core", "0-2,5-6,10-12,15-16", 8, PACKED, "3-4,7-8,43-44,47-48"),
+    # Fragmented (issue 9): NUMA-size + 2 = 22 CPUs = 11 whole cores. Whole free cores per
+    # node: node0 10/50,15/55; node1 6 (7,9,14,17-19 + siblings); node2 5 (22,26,30-31,36 +
+    # siblings); node3 4. Only node1 + node2 make 11 whole cores from two nodes; taking cores
+    # in CPU order used to touch all four nodes.
+    (
+        "2-socket-4-node-40-core",
+        "3-6,8,11-13,16,20-21,24,27,32,34-35,37,40-46,48,51,53,56,60-61,64-65,67,72,75,77-79",
+        22,
+        PACKED,
+        "7,9,14,17-19,22,26,30-31,36,47,49,54,57-59,62,66,70-71,76",
+    ),
+    # Nodes 0, 1 (socket 0) and 2 (socket 1) have 8 whole free cores each, node 3 none: 24 CPUs
+    # = 12 cores fit any two of them; the pair in one socket (one L3) wins, node 0 first (equal
+    # counts go by index), then node 1's lowest cores 3-4,7-8.
+    (
+        "2-socket-4-node-40-core",
+        "15-16,18-19,23-24,27-29,33-39,55-56,58-59,63-64,67-69,73-79",
+        24,
+        PACKED,
+        "0-8,10-12,40-48,50-52",
+    ),
     # server: NUMA nodes interleave (node0 = 0,4,8,...); siblings n/n+56.
     ("server", "", 2, PACKED, "0,56"),
     ("server", "", 4, FULL, "0,4,56,60"),

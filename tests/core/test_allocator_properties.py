@@ -6,12 +6,14 @@ precedence applies: whole sockets / NUMA nodes, whole L3 groups, whole cores, th
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
 
-from dracpu.core.allocator import AllocationOptions, Strategy, allocate
+from dracpu.core.allocator import AllocationOptions, Strategy, _Index, allocate
 from dracpu.core.cpuset import CpuSet
 from dracpu.core.topology import Topology
 from dracpu.errors import AllocationError
@@ -146,6 +148,65 @@ def test_inside_one_l3_when_a_free_l3_can_hold_it(
     assume(not any(g <= free and len(g) < count for g in topo.l3_groups.values()))
     cpus = allocate(topo, free, count)
     assert any(cpus <= g for g in topo.l3_groups.values())
+
+
+def most_whole_cpus(topo: Topology, cpus: CpuSet, count: int) -> int:
+    """The most CPUs, up to ``count``, that whole cores inside ``cpus`` make up (exact subset
+    sum over core sizes, independent of the allocator's greedy)."""
+    reachable = 1
+    for core in whole_free_cores(topo, cpus):
+        reachable |= reachable << len(core)
+    reachable &= (1 << (count + 1)) - 1
+    return reachable.bit_length() - 1
+
+
+def fewest_nodes(topo: Topology, free: CpuSet, count: int, whole: int) -> int:
+    """The fewest NUMA nodes whose free CPUs hold ``count`` CPUs, ``whole`` of them in whole
+    cores."""
+    nodes = [cpus & free for cpus in topo.numas.values()]
+    for k in range(1, len(nodes) + 1):
+        for combo in itertools.combinations(nodes, k):
+            union = CpuSet.of(cpu for part in combo for cpu in part)
+            if len(union) >= count and most_whole_cpus(topo, union, count) >= whole:
+                return k
+    raise AssertionError("the whole free set always qualifies")
+
+
+@SETTINGS
+@given(requests())
+def test_fewest_numa_nodes_among_equally_whole_results(
+    req: tuple[Topology, CpuSet, CpuSet, int],
+) -> None:
+    topo, free, _, count = req
+    assume(len(topo.numas) <= 8)  # keeps the exhaustive search (and the allocator's) exact
+    # Free whole sockets / NUMA nodes / L3 groups are taken first (higher precedence).
+    domains = [*topo.sockets.values(), *topo.numas.values(), *topo.l3_groups.values()]
+    assume(not any(d <= free and len(d) <= count for d in domains))
+    cpus = allocate(topo, free, count)
+    whole = sum(len(core) for core in whole_free_cores(topo, cpus))
+    used = sum(1 for node in topo.numas.values() if not node.isdisjoint(cpus))
+    assert used == fewest_nodes(topo, free, count, whole), (
+        f"{cpus} spans {used} NUMA nodes with {whole} CPUs in whole cores"
+    )
+
+
+@SETTINGS
+@given(topologies(), st.data())
+def test_whole_core_index_agrees_with_visiting_every_core(
+    topo: Topology, data: st.DataObject
+) -> None:
+    """The allocator finds whole cores by shifting masks per core shape; visiting each core
+    must give the same cores and the same greedy capacity."""
+    cpus = data.draw(cpu_subsets(topo.online))
+    count = data.draw(st.integers(0, len(topo.online)))
+    index = _Index.of(topo)
+    whole = whole_free_cores(topo, cpus)
+    assert index.whole_cores_in(cpus) == CpuSet.of(c for core in whole for c in core)
+    total = 0
+    for size in sorted((len(core) for core in whole), reverse=True):
+        if total + size <= count:
+            total += size
+    assert index.whole_capacity(cpus.mask, count) == total
 
 
 class ClaimsMachine(RuleBasedStateMachine):

@@ -430,3 +430,32 @@ def test_round_trip(spec: SysfsSpec) -> None:
     with scratch_dir() as tmp:
         got = read_topology(write_tree(tmp, spec))
     assert got == spec.expected()
+
+
+def test_cpufreq_base_and_max(sysfs_tmp: Path) -> None:
+    # cpu0: a cpufreq directory (as a live kernel's link resolves); cpu1: no base_frequency,
+    # ACPI CPPC's nominal_freq in MHz instead; cpu2: nothing; cpu3: the link stored as text
+    # (as captures store it) pointing at a shared policy directory.
+    cpu = "devices/system/cpu"
+    extra = {
+        f"{cpu}/cpu0/cpufreq/base_frequency": "2000000\n",
+        f"{cpu}/cpu0/cpufreq/cpuinfo_max_freq": "3700000\n",
+        f"{cpu}/cpu1/cpufreq/cpuinfo_max_freq": "3500000\n",
+        f"{cpu}/cpu1/acpi_cppc/nominal_freq": "2100\n",
+        f"{cpu}/cpu3/cpufreq": "../cpufreq/policy3\n",
+        f"{cpu}/cpufreq/policy3/base_frequency": "1800000\n",
+        f"{cpu}/cpufreq/policy3/cpuinfo_max_freq": "0\n",
+    }
+    topo = read(sysfs_tmp, SysfsSpec(cores_per_numa=2, threads=2, extra_files=extra))
+    freqs = [(topo.cpus[c].base_freq_khz, topo.cpus[c].max_freq_khz) for c in range(4)]
+    # A 0 kHz maximum means unknown.
+    assert freqs == [(2000000, 3700000), (2100000, 3500000), (None, None), (1800000, None)]
+
+
+def test_cpufreq_link_outside_the_cpu_directory_is_ignored(sysfs_tmp: Path) -> None:
+    extra = {
+        "devices/system/cpu/cpu0/cpufreq": "../../../../etc\n",
+        "etc/base_frequency": "1000\n",
+    }
+    topo = read(sysfs_tmp, SysfsSpec(cores_per_numa=1, threads=1, extra_files=extra))
+    assert topo.cpus[0].base_freq_khz is None

@@ -15,7 +15,7 @@ MODULES = [
     "errors",
     "publisher",
     "resources",
-    "slice_diff",
+    "shape",
     "watch",
 ]
 

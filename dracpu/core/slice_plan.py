@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
+from dracpu.core import quantity
 from dracpu.errors import InvalidValueError
 
 __all__ = [
@@ -85,27 +86,6 @@ _OPTIONAL_TRUE = frozenset(
 )
 _QUANTITY_SCOPES = frozenset({"capacity", "counters"})
 
-_QUANTITY_RE = re.compile(
-    r"^([+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+))(?:([eE][+-]?[0-9]+)|(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E))?$"
-)
-_SUFFIX = {
-    "n": Fraction(1, 10**9),
-    "u": Fraction(1, 10**6),
-    "m": Fraction(1, 10**3),
-    "k": Fraction(10**3),
-    "M": Fraction(10**6),
-    "G": Fraction(10**9),
-    "T": Fraction(10**12),
-    "P": Fraction(10**15),
-    "E": Fraction(10**18),
-    "Ki": Fraction(2**10),
-    "Mi": Fraction(2**20),
-    "Gi": Fraction(2**30),
-    "Ti": Fraction(2**40),
-    "Pi": Fraction(2**50),
-    "Ei": Fraction(2**60),
-}
-
 
 @dataclass(frozen=True, slots=True)
 class Quantity:
@@ -116,16 +96,10 @@ class Quantity:
 
 def parse_quantity(text: str) -> Fraction | None:
     """Value of a Kubernetes quantity string (``"500m"``, ``"1Gi"``, ``"1e3"``); None if invalid."""
-    m = _QUANTITY_RE.match(text.strip())
-    if m is None:
+    try:
+        return quantity.parse_quantity(text)
+    except InvalidValueError:
         return None
-    number, exponent, suffix = m.groups()
-    value = Fraction(number)
-    if exponent:
-        value *= Fraction(10) ** int(exponent[1:])
-    elif suffix:
-        value *= _SUFFIX[suffix]
-    return value
 
 
 def normalize(value: Any, *, key: str = "", in_quantity: bool = False) -> Any:

@@ -12,8 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dracpu import DRIVER_NAME
-from dracpu.errors import InvalidValueError
-from dracpu.kube.slice_diff import (
+from dracpu.core.slice_plan import (
     SlicePlan,
     StoredForm,
     compare_content,
@@ -24,6 +23,7 @@ from dracpu.kube.slice_diff import (
     parse_quantity,
     plan_slices,
 )
+from dracpu.errors import InvalidValueError
 from tests.kube.specs import make_specs
 
 NODE = "node-a"

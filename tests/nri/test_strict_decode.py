@@ -1,0 +1,50 @@
+"""NRI requests are decoded strictly: truncated or wrong-typed payloads are refused with
+INVALID_ARGUMENT and never reach the handler as shortened strings or wrong Python types."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from dracpu.nri import RpcStatusError
+from dracpu.nri.ttrpc import Code
+from generated.nri.pkg.api import v1alpha1 as api
+from tests.nri.inmemory import PLUGIN
+from tests.nri.recording_handler import RecordingHandler
+from tests.nri.test_connection import plugin_with_fake_runtime
+
+
+def _create_request() -> bytes:
+    request = api.CreateContainerRequest(
+        pod=api.PodSandbox(id="pod-1", name="pod", namespace="ns"),
+        container=api.Container(id="container-1", name="ctr", pod_sandbox_id="pod-1"),
+    )
+    return bytes(request)
+
+
+@pytest.mark.parametrize(
+    ("payload", "why"),
+    [
+        (_create_request()[:-4], "truncated inside the container id"),
+        (b"\x0a\x05\x0a\x03", "pod declares more bytes than sent"),
+        (b"\x10\x07", "varint where the container (a message) belongs"),
+        (b"\x12\x02\x08\x07", "varint where Container.id (a string) belongs"),
+        (b"\x12\x03\x0a\x01\xff", "Container.id not UTF-8"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+async def test_malformed_create_container_is_invalid_argument(payload: bytes, why: str) -> None:
+    handler = RecordingHandler()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            _, runtime = await plugin_with_fake_runtime(nursery, handler)
+            await runtime.configure()
+            await runtime.synchronize([])
+            with pytest.raises(RpcStatusError) as err:
+                await runtime.conn.call(PLUGIN, "CreateContainer", payload)
+            # The connection survives and a good request is served.
+            await runtime.conn.call(PLUGIN, "CreateContainer", _create_request())
+            nursery.cancel_scope.cancel()
+    assert err.value.code == Code.INVALID_ARGUMENT, why
+    assert "malformed" in err.value.status_message
+    assert handler.calls == [("create", "container-1")]

@@ -1,0 +1,88 @@
+"""Logging: verbosity levels, text and JSON formats with fields, and repeat thinning."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from dracpu.logs import LogFormat, RepeatFilter, V, configure_logging, fields
+
+
+@pytest.fixture
+def capture() -> Iterator[tuple[io.StringIO, list[logging.Handler]]]:
+    stream = io.StringIO()
+    installed: list[logging.Handler] = []
+    yield stream, installed
+    root = logging.getLogger()
+    for handler in installed:
+        root.removeHandler(handler)
+    root.setLevel(logging.WARNING)
+
+
+def test_verbosity_gates_v_levels(capture: tuple[io.StringIO, list[logging.Handler]]) -> None:
+    stream, installed = capture
+    installed.append(configure_logging(2, LogFormat.TEXT, stream))
+    log = logging.getLogger("dracpu.test")
+    log.info("zero")
+    log.log(V(2), "two")
+    log.log(V(4), "four")
+    log.warning("warn")
+    lines = stream.getvalue().splitlines()
+    assert [line.split("] ", 1)[1] for line in lines] == ["zero", "two", "warn"]
+    assert [line[0] for line in lines] == ["I", "I", "W"]
+
+
+def test_json_lines_carry_claim_fields(capture: tuple[io.StringIO, list[logging.Handler]]) -> None:
+    stream, installed = capture
+    installed.append(configure_logging(4, LogFormat.JSON, stream))
+    log = logging.getLogger("dracpu.test")
+    log.log(
+        V(4), "prepared %s", "ns/claim", extra=fields(claim="uid-1", pod="ns/p", container=None)
+    )
+    body = json.loads(stream.getvalue())
+    assert body["msg"] == "prepared ns/claim"
+    assert (body["level"], body["claim"], body["pod"]) == ("V4", "uid-1", "ns/p")
+    assert "container" not in body
+
+
+def test_text_lines_carry_fields(capture: tuple[io.StringIO, list[logging.Handler]]) -> None:
+    stream, installed = capture
+    installed.append(configure_logging(0, LogFormat.TEXT, stream))
+    logging.getLogger("dracpu.test").info("pinned", extra=fields(container="c 1", cpus="2-3"))
+    assert stream.getvalue().rstrip().endswith('pinned container="c 1" cpus="2-3"')
+
+
+def test_configure_twice_does_not_double(
+    capture: tuple[io.StringIO, list[logging.Handler]],
+) -> None:
+    stream, installed = capture
+    installed.append(configure_logging(0, LogFormat.TEXT, stream))
+    installed.append(configure_logging(0, LogFormat.TEXT, stream))
+    logging.getLogger("dracpu.test").info("once")
+    assert stream.getvalue().count("once") == 1
+
+
+def test_repeats_thin_out_then_reset() -> None:
+    now = [0.0]
+    flt = RepeatFilter(window=60, clock=lambda: now[0])
+    passed = []
+    for i in range(1, 101):
+        record = logging.LogRecord(
+            "x", logging.WARNING, "f", 1, "apiserver down: %s", ("EOF",), None
+        )
+        now[0] += 1
+        if flt.filter(record):
+            passed.append((i, record.msg))
+    assert [i for i, _ in passed] == [1, 2, 4, 8, 16, 32, 64]
+    assert passed[1][1].endswith("(again)")
+    assert passed[3][1].endswith("(3 similar lines suppressed)")
+    now[0] += 1000
+    record = logging.LogRecord("x", logging.WARNING, "f", 1, "apiserver down: %s", ("EOF",), None)
+    assert flt.filter(record)
+    assert record.msg == "apiserver down: %s"
+    other = logging.LogRecord("x", logging.WARNING, "f", 1, "apiserver down: %s", ("reset",), None)
+    assert flt.filter(other)
