@@ -69,9 +69,7 @@ def template(name: str, prefix: str) -> dict[str, Any]:
 
 
 def pod(name: str) -> dict[str, Any]:
-    script = (
-        "grep Cpus_allowed_list /proc/self/status; env | grep DRA_CPUSET_ || true; sleep 3600"
-    )
+    script = "grep Cpus_allowed_list /proc/self/status; env | grep DRA_CPUSET_ || true; sleep 3600"
     return {
         "apiVersion": "v1",
         "kind": "Pod",
