@@ -1,9 +1,9 @@
 """Sample pods for `just demo`: one grouped claim, one individual claim; print their CPUs.
 
-Run as ``python -m hack.demo_pods run|delete`` against the rig's admin kubeconfig. Each pod
-asks for one CPU through a ResourceClaimTemplate (the DeviceClass ``dra.cpu``, as upstream's
-``hack/examples`` do), prints its ``Cpus_allowed_list`` and ``DRA_CPUSET_*`` env, and sleeps.
-The node's ResourceSlices are printed after both pods run.
+Run as ``python -m hack.demo_pods run grouped|individual`` or ``delete`` against the rig's
+admin kubeconfig. The pod asks for one CPU through a ResourceClaimTemplate (DeviceClass
+``dra.cpu``, as upstream's ``hack/examples`` do), prints its ``Cpus_allowed_list`` and
+``DRA_CPUSET_*`` env, and sleeps; then the node's ResourceSlices are printed.
 """
 
 from __future__ import annotations
@@ -29,11 +29,9 @@ PODS = {
 def client() -> httpx.Client:
     config = yaml.safe_load((RIG / "admin.kubeconfig").read_text())
     cluster = config["clusters"][0]["cluster"]
-    user = config["users"][0]["user"]
     pki = RIG / "pki"
     ctx = ssl.create_default_context(cafile=str(pki / "ca.crt"))
     ctx.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
-    del user
     return httpx.Client(base_url=cluster["server"], verify=ctx, timeout=30)
 
 
@@ -97,30 +95,28 @@ def create(http: httpx.Client, path: str, body: dict[str, Any]) -> None:
         sys.exit(f"demo: POST {path}: {response.status_code} {response.text[:300]}")
 
 
-def run() -> None:
+def run(name: str) -> None:
     with client() as http:
         create(http, "/api/v1/namespaces", {"metadata": {"name": NAMESPACE}})
-        for name, prefix in PODS.items():
-            base = f"/apis/resource.k8s.io/v1/namespaces/{NAMESPACE}/resourceclaimtemplates"
-            create(http, base, template(name, prefix))
-            create(http, f"/api/v1/namespaces/{NAMESPACE}/pods", pod(name))
-        for name in PODS:
-            deadline = time.monotonic() + 90
-            while True:
-                phase = http.get(f"/api/v1/namespaces/{NAMESPACE}/pods/{name}").json()
-                if phase.get("status", {}).get("phase") == "Running":
-                    break
-                if time.monotonic() > deadline:
-                    events = http.get(f"/api/v1/namespaces/{NAMESPACE}/events").json()
-                    for event in events.get("items", [])[-5:]:
-                        print(f"  event: {event.get('reason')}: {event.get('message')}")
-                    sys.exit(f"demo: pod {name} not running after 90 s")
-                time.sleep(1)
+        base = f"/apis/resource.k8s.io/v1/namespaces/{NAMESPACE}/resourceclaimtemplates"
+        create(http, base, template(name, PODS[name]))
+        create(http, f"/api/v1/namespaces/{NAMESPACE}/pods", pod(name))
+        deadline = time.monotonic() + 90
+        while True:
+            phase = http.get(f"/api/v1/namespaces/{NAMESPACE}/pods/{name}").json()
+            if phase.get("status", {}).get("phase") == "Running":
+                break
+            if time.monotonic() > deadline:
+                events = http.get(f"/api/v1/namespaces/{NAMESPACE}/events").json()
+                for event in events.get("items", [])[-5:]:
+                    print(f"  event: {event.get('reason')}: {event.get('message')}")
+                sys.exit(f"demo: pod {name} not running after 90 s")
             time.sleep(1)
-            log = http.get(f"/api/v1/namespaces/{NAMESPACE}/pods/{name}/log").text
-            print(f"pod {name}:")
-            for line in log.splitlines():
-                print(f"  {line}")
+        time.sleep(1)
+        log = http.get(f"/api/v1/namespaces/{NAMESPACE}/pods/{name}/log").text
+        print(f"pod {name}:")
+        for line in log.splitlines():
+            print(f"  {line}")
         slices = http.get("/apis/resource.k8s.io/v1/resourceslices").json()
         print("ResourceSlices:")
         for item in slices.get("items", []):
@@ -141,4 +137,9 @@ def delete() -> None:
 
 
 if __name__ == "__main__":
-    {"run": run, "delete": delete}[sys.argv[1] if len(sys.argv) > 1 else "run"]()
+    if sys.argv[1:2] == ["run"] and len(sys.argv) == 3 and sys.argv[2] in PODS:
+        run(sys.argv[2])
+    elif sys.argv[1:] == ["delete"]:
+        delete()
+    else:
+        sys.exit(f"usage: python -m hack.demo_pods run {'|'.join(PODS)} | delete")
