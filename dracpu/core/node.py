@@ -204,6 +204,18 @@ class NodeState:
     held: CpuSet = CpuSet()  # noqa: RUF009 (immutable value)
     memory: Mapping[str, MemoryAssignment] = field(default_factory=dict)
     """Prepared ``dra.memory`` claims by UID (checkpointed with the CPU claims)."""
+    # (containers, pool) when every shared container in exactly that ``containers`` mapping is
+    # known to run on that pool, so an exclusive creation need not scan them all. Bound to the
+    # mapping's identity: every transition that changes containers builds a new mapping, which
+    # drops the stamp unless the transition renews it. Not part of the state's value.
+    pool_stamp: tuple[Mapping[str, KnownContainer], CpuSet] | None = field(
+        default=None, compare=False, repr=False
+    )
+
+    def shared_on_pool(self, pool: CpuSet) -> bool:
+        """True when every shared container is known to run on ``pool`` already."""
+        stamp = self.pool_stamp
+        return stamp is not None and stamp[0] is self.containers and stamp[1] == pool
 
     @classmethod
     def initial(
@@ -843,19 +855,24 @@ def _container_created(
     memory = memory_of(state, container, decision.cpus if isinstance(decision, Exclusive) else None)
     if isinstance(memory, MemoryRejected):
         return state, (RejectContainer(container.id, memory.reason),)
+    pool = shared_pool(state)  # a container's creation never changes the pool
+    synced = state.shared_on_pool(pool)
     containers = dict(state.containers)
     if isinstance(decision, Shared):
         containers[container.id] = KnownContainer(container, (), decision.cpus, memory)
-        after = dataclasses.replace(state, containers=containers)
+        stamp = (containers, pool) if synced and decision.cpus == pool else None
+        after = dataclasses.replace(state, containers=containers, pool_stamp=stamp)
         return after, (AdjustContainer(container.id, decision.cpus, memory=memory),)
     assert isinstance(decision, Exclusive)
     owners = dict(state.owners)
     for uid in decision.claims:
         owners[uid] = Owner(container.pod.uid, container.name, container.kind)
     containers[container.id] = KnownContainer(container, decision.claims, decision.cpus, memory)
-    after = dataclasses.replace(state, containers=containers, owners=owners)
-    updates = shared_updates(after, exclude=container.id)
-    after = _record_updates(after, updates)
+    after = dataclasses.replace(state, containers=containers, owners=owners, pool_stamp=None)
+    # O(changed): with every shared container already on the pool there is nothing to scan.
+    updates = () if synced else shared_updates(after, exclude=container.id)
+    after = _record_updates(after, updates) if updates else after
+    after = dataclasses.replace(after, pool_stamp=(after.containers, pool) if pool else None)
     return after, (AdjustContainer(container.id, decision.cpus, updates, memory),)
 
 

@@ -9,6 +9,7 @@ checkpoint write. A claim that cannot be fetched or parsed fails alone, with a m
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -17,7 +18,7 @@ import trio
 from dracpu.core import claims as core_claims
 from dracpu.core import node
 from dracpu.daemon.owner import Owner
-from dracpu.errors import DracpuError
+from dracpu.errors import DracpuError, shown
 from dracpu.kube.errors import NotFoundError
 from dracpu.kubelet import handler as kh
 
@@ -44,6 +45,10 @@ class DaemonClaimHandler:
         self.driver = driver
 
     async def _fetch(self, ref: kh.ClaimRef) -> core_claims.Claim | str:
+        bad = _bad_ref(ref)
+        if bad:
+            named = f"{shown(ref.namespace)}/{shown(ref.name)} (uid {shown(ref.uid)})"
+            return f"ResourceClaim {named}: {bad}"
         where = f"ResourceClaim {ref.namespace}/{ref.name} (uid {ref.uid})"
         try:
             obj = await self.claims.get(ref.namespace, ref.name, ref.uid)
@@ -75,8 +80,8 @@ class DaemonClaimHandler:
                     nursery.start_soon(one, ref)
         refs = tuple(core_claims.ClaimRef(c.namespace, c.name, c.uid) for c in claims)
         applied = await self.owner.apply(node.Prepare(refs, fetched))
-        if applied.error is not None:
-            raise DracpuError(applied.error)
+        if applied.error is not None:  # Nothing changed (the disk refused): every claim fails.
+            return {c.uid: kh.ClaimFailed(applied.error) for c in claims}
         assert isinstance(applied.reply, node.ReplyPrepare)
         out: dict[str, kh.PrepareResult] = {}
         for uid, outcome in applied.reply.results.items():
@@ -94,8 +99,8 @@ class DaemonClaimHandler:
         """
         refs = tuple(core_claims.ClaimRef(c.namespace, c.name, c.uid) for c in claims)
         applied = await self.owner.apply(node.Unprepare(refs))
-        if applied.error is not None:
-            raise DracpuError(applied.error)
+        if applied.error is not None:  # Nothing released: every claim fails, retried later.
+            return {c.uid: kh.ClaimFailed(applied.error) for c in claims}
         assert isinstance(applied.reply, node.ReplyUnprepare)
         return {
             uid: kh.ClaimFailed(o.error)
@@ -103,6 +108,23 @@ class DaemonClaimHandler:
             else kh.ClaimUnprepared()
             for uid, o in applied.reply.results.items()
         }
+
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+_UID = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,127}")
+
+
+def _bad_ref(ref: kh.ClaimRef) -> str:
+    """Why the kubelet's claim reference cannot name a ResourceClaim ("" if it can): checked
+    before any API call, so a malformed one fails alone and never reaches a URL."""
+    if not _DNS_LABEL.fullmatch(ref.namespace):
+        return "the namespace is not a DNS label"
+    if not _DNS_SUBDOMAIN.fullmatch(ref.name):
+        return "the name is not a DNS subdomain of at most 253 characters"
+    if not _UID.fullmatch(ref.uid):
+        return "the UID is not a UID (letters, digits and '-', at most 128)"
+    return ""
 
 
 def _devices(

@@ -368,6 +368,7 @@ def build_daemon(
         bind_memory_to_cpus=config.bind_memory_to_cpus,
     )
     store = CheckpointStore(config.state_dir)
+    store.secure_dir()
     cdi = CdiDir(config.cdi_dir)
     state, kind = load_state(topology, node_config, store, cdi)
     memory_cdi = MemoryCdiDir(config.cdi_dir)
@@ -381,11 +382,12 @@ def build_daemon(
             len(fixed_memory.removed),
         )
     fixed = cdi.reconcile({uid: c.cpus for uid, c in state.claims.items() if c.cpus})
-    if fixed.written or fixed.removed:
+    if fixed.written or fixed.removed or fixed.strays:
         _log.info(
-            "CDI specs reconciled: %d rewritten, %d orphan(s) removed",
+            "CDI specs reconciled: %d rewritten, %d orphan(s) removed, %d stray temp file(s)",
             len(fixed.written),
             len(fixed.removed),
+            len(fixed.strays),
         )
     _log.info(
         "node %s: %d CPUs online, %d claim(s) prepared (%s), shared pool %s",

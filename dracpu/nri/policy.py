@@ -34,6 +34,7 @@ from dracpu.core.pinning import ContainerUpdate
 from dracpu.nri import translate
 from dracpu.nri.errors import ConnectionClosedError, RpcStatusError
 from dracpu.nri.handler import RuntimeInfo
+from dracpu.nri.lazy import CreateRequestView, ResponseEncoder
 from dracpu.nri.ttrpc import Code
 from generated.nri.pkg.api import v1alpha1 as api
 
@@ -140,6 +141,7 @@ class PolicyHandler:
         self.decider = decider
         self.kind_of = kind_of
         self.runtime: RuntimeInfo | None = None
+        self._encoder = ResponseEncoder()
 
     async def configure(self, runtime: RuntimeInfo) -> None:
         """Remember the runtime; no I/O. Cancellation: nothing to undo."""
@@ -195,6 +197,29 @@ class PolicyHandler:
             mems=reply.memory.mems_text,
             hugepage_limits=reply.memory.hugepage_limits,
         )
+
+    async def create_container_view(self, request: CreateRequestView) -> bytes:
+        """:meth:`create_container` on the plugin's lazy path: the request's policy fields in,
+        the encoded response out (each cpuset's adjustment and update body encoded once).
+        Raises and cancels as :meth:`create_container` does."""
+        info = translate.view_info(request, kind_of=self.kind_of)
+        reply = await self.decider.apply(node.ContainerCreated(info))
+        if isinstance(reply, node.RejectContainer):
+            _log.warning("rejected %s: %s", info, reply.reason)
+            raise ContainerRejectedError(reply.reason)
+        if not isinstance(reply, node.AdjustContainer):
+            raise ContainerRejectedError(f"{info}: the policy gave no answer")
+        memory = reply.memory
+        if memory.mems or memory.hugepage_limits:
+            # Memory placement is per claim, not worth caching: encode this answer whole.
+            response = translate.create_response(
+                reply.cpus,
+                reply.updates,
+                mems=memory.mems_text,
+                hugepage_limits=memory.hugepage_limits,
+            )
+            return bytes(response)
+        return self._encoder.create_response(reply.cpus, reply.updates)
 
     async def update_container(
         self, pod: api.PodSandbox, container: api.Container, resources: api.LinuxResources | None

@@ -104,7 +104,7 @@ def memory_state() -> tuple[NodeState, tuple[str, ...]]:
 async def test_fallback_sets_mems_and_hugetlb_limit() -> None:
     state, env = memory_state()
     decider = StepDecider(state)
-    with cgroup_node() as cg, trio.fail_after(20):
+    with cgroup_node() as cg, trio.fail_after(30):
         top = cg.top.name
         # The v2 mirror of the container cgroup, as runc creates it on a hybrid host.
         with hugetlb_subtree(top, "kubepods", "burstable", f"pod{POD}", "ctrmem") as mirror:
@@ -117,7 +117,7 @@ async def test_fallback_sets_mems_and_hugetlb_limit() -> None:
                 pod = cg.pod(POD)
                 ctr, _pid = cg.container(pod, "ctrmem", dict(e.split("=", 1) for e in env))
                 limit = mirror / "hugetlb.2MB.max"
-                await until(lambda: limit.read_text().strip() == str(4 * MIB), "the limit")
+                await until(lambda: limit.read_text().strip() == str(4 * MIB), "the limit", 15.0)
                 assert (ctr / "cpuset.mems").read_text().strip() == "0"
                 assert decider.state.containers["ctrmem"].memory.mems == (0,)
                 nursery.cancel_scope.cancel()
