@@ -17,6 +17,9 @@ from dracpu.core.memory import GIB, MIB, HugePagePool, MemoryNode, MemoryTopolog
 from dracpu.core.memory_prepare import AllocatedMemory, memory_env
 from dracpu.core.memory_slices import MemorySliceOptions, memory_devices
 from dracpu.core.node import NodeConfig, NodeState
+from dracpu.core.pinning import ContainerUpdate
+from dracpu.nri import translate
+from dracpu.nri.lazy import ResponseEncoder
 from dracpu.nri.policy import StepDecider
 from tests.nri.test_policy_peer import adjusted_cpus, env, policy_plugin, started_peer
 from tests.support.claims import POOL, grouped, parsed, prepare
@@ -78,3 +81,11 @@ async def test_memory_claim_sets_mems_and_hugepage_limits(
                 assert not got["cpu"].get("mems")
                 assert not got.get("hugepage_limits")
             nursery.cancel_scope.cancel()
+
+
+def test_lazy_encoder_keeps_memory_of_updates() -> None:
+    encoder = ResponseEncoder()
+    plain = ContainerUpdate("c1", CpuSet.of([1, 2]))
+    placed = ContainerUpdate("c2", CpuSet.of([1, 2]), "1", ((2 * MIB, 4 * MIB),))
+    for update in (plain, placed, plain):
+        assert encoder.update(update) == bytes(translate.to_update(update))
