@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dracpu.daemon.config import FIELDS, RunConfig, resolve
+from dracpu.logs import LogFormat
 
 __all__ = ["add_commands", "main_run", "main_status"]
 
@@ -55,6 +56,21 @@ def add_commands(commands: Any) -> None:
                 metavar="VALUE",
                 help=help_text,
             )
+    run.add_argument(
+        "-v",
+        "--v",
+        dest="verbosity",
+        type=int,
+        default=None,
+        metavar="N",
+        help="log verbosity, klog style: 0 (default), 2 decisions, 4 internals, 6 debugging",
+    )
+    run.add_argument(
+        "--log-format",
+        choices=[f.value for f in LogFormat],
+        default=LogFormat.TEXT.value,
+        help="text (klog-like, default) or json (one object per line)",
+    )
     status = commands.add_parser("status", help="show the node daemon's claims, pool and health")
     status.add_argument("--state-dir", type=Path, default=defaults.state_dir, metavar="DIR")
     status.add_argument("--json", action="store_true", help="print the status document as JSON")
@@ -66,7 +82,7 @@ def main_run(args: argparse.Namespace) -> int:
 
     flags = {spec.attr: getattr(args, spec.attr) for spec in FIELDS if hasattr(args, spec.attr)}
     config = resolve(flags, args.config)
-    return daemon_run.main(config)
+    return daemon_run.main(config, verbosity=args.verbosity, log_format=LogFormat(args.log_format))
 
 
 def main_status(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ checkpoint write. A claim that cannot be fetched or parsed fails alone, with a m
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
@@ -20,6 +21,8 @@ from dracpu.daemon.owner import Owner
 from dracpu.errors import DracpuError
 from dracpu.kube.errors import NotFoundError
 from dracpu.kubelet import handler as kh
+from dracpu.logs import fields
+from dracpu.ops.metrics import DriverMetrics, Result
 
 __all__ = ["ClaimSource", "DaemonClaimHandler"]
 
@@ -37,7 +40,17 @@ class ClaimSource(Protocol):
 class DaemonClaimHandler:
     """Prepares and unprepares claims through the :class:`Owner` (see the module docstring)."""
 
-    def __init__(self, owner: Owner, claims: ClaimSource, *, pool: str, driver: str) -> None:
+    def __init__(
+        self,
+        owner: Owner,
+        claims: ClaimSource,
+        *,
+        pool: str,
+        driver: str,
+        metrics: DriverMetrics | None = None,
+    ) -> None:
+        self.metrics = metrics
+        """Per-claim results, durations and CPU counts are recorded here when set."""
         self.owner = owner
         self.claims = claims
         self.pool = pool
@@ -62,6 +75,8 @@ class DaemonClaimHandler:
         Cancellation: a cancel while fetching prepares nothing; once the batch reached the
         owner it is applied in full (see :meth:`Owner.apply`); a retry gets the same CPUs.
         """
+        began = time.perf_counter()
+        held_before = {c.uid for c in claims if c.uid in self.owner.state.claims}
         fetched: dict[str, core_claims.Claim | str] = {}
         if len(claims) == 1:
             fetched[claims[0].uid] = await self._fetch(claims[0])
@@ -75,16 +90,30 @@ class DaemonClaimHandler:
                     nursery.start_soon(one, ref)
         refs = tuple(core_claims.ClaimRef(c.namespace, c.name, c.uid) for c in claims)
         applied = await self.owner.apply(node.Prepare(refs, fetched))
+        seconds = time.perf_counter() - began
         if applied.error is not None:
+            if self.metrics is not None:
+                for _ in refs:
+                    self.metrics.record_prepare(Result.ERROR, seconds)
             raise DracpuError(applied.error)
         assert isinstance(applied.reply, node.ReplyPrepare)
+        names = {c.uid: c for c in claims}
         out: dict[str, kh.PrepareResult] = {}
         for uid, outcome in applied.reply.results.items():
+            asked = names.get(uid)
+            where = fields(claim=uid, name=_name_of(asked))
             if isinstance(outcome, node.ClaimFailed):
-                _log.warning("prepare failed: %s", outcome.error)
+                _log.warning("prepare failed: %s", outcome.error, extra=where)
                 out[uid] = kh.ClaimFailed(outcome.error)
+                if self.metrics is not None:
+                    self.metrics.record_prepare(Result.ERROR, seconds)
             else:
+                _log.info("claim prepared with CPUs %s", outcome.claim.cpus, extra=where)
                 out[uid] = kh.ClaimPrepared(_devices(outcome, fetched.get(uid)))
+                if self.metrics is not None:
+                    new = uid not in held_before
+                    cpus = len(outcome.claim.cpus) if new else None
+                    self.metrics.record_prepare(Result.SUCCESS, seconds, cpus)
         return out
 
     async def unprepare(self, claims: Sequence[kh.ClaimRef]) -> Mapping[str, kh.UnprepareResult]:
@@ -95,14 +124,28 @@ class DaemonClaimHandler:
         refs = tuple(core_claims.ClaimRef(c.namespace, c.name, c.uid) for c in claims)
         applied = await self.owner.apply(node.Unprepare(refs))
         if applied.error is not None:
+            if self.metrics is not None:
+                for _ in refs:
+                    self.metrics.record_unprepare(Result.ERROR)
             raise DracpuError(applied.error)
         assert isinstance(applied.reply, node.ReplyUnprepare)
-        return {
-            uid: kh.ClaimFailed(o.error)
-            if isinstance(o, node.ClaimFailed)
-            else kh.ClaimUnprepared()
-            for uid, o in applied.reply.results.items()
-        }
+        out: dict[str, kh.UnprepareResult] = {}
+        for uid, o in applied.reply.results.items():
+            failed = isinstance(o, node.ClaimFailed)
+            if isinstance(o, node.ClaimFailed):
+                _log.warning("unprepare failed: %s", o.error, extra=fields(claim=uid))
+                out[uid] = kh.ClaimFailed(o.error)
+            else:
+                _log.info("claim unprepared", extra=fields(claim=uid))
+                out[uid] = kh.ClaimUnprepared()
+            if self.metrics is not None:
+                self.metrics.record_unprepare(Result.ERROR if failed else Result.SUCCESS)
+        return out
+
+
+def _name_of(ref: kh.ClaimRef | None) -> str | None:
+    """The claim's ``namespace/name`` (the kubelet's request names the claim, not its pods)."""
+    return f"{ref.namespace}/{ref.name}" if ref is not None else None
 
 
 def _devices(

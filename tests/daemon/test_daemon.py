@@ -78,6 +78,7 @@ async def start(
         nri_socket=overrides.pop("nri_socket", root / "nri.sock"),
         cgroup_root=overrides.pop("cgroup_root", root / "cgroup"),
         release_grace_period=overrides.pop("release_grace_period", 0.0),
+        bind_address=overrides.pop("bind_address", "127.0.0.1:0"),
         **overrides,
     )
     daemon = build_daemon(config, hostname=lambda: NODE, transport=fake.transport, env={})
