@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -15,12 +16,23 @@ import trio
 from dracpu.core.cpuset import CpuSet
 from dracpu.daemon.health import device_health
 from dracpu.kubelet import Health
-from tests.daemon.support import GrpcioApi, claim, dra_api, grouped
-from tests.daemon.test_daemon import Running, env, start  # noqa: F401 (fixture)
+from tests.daemon.support import NODE, GrpcioApi, claim, dra_api, grouped, short_dir, write_machine
+from tests.daemon.test_daemon import Running, start
 from tests.kube.fake_apiserver import FakeApiServer
+from tests.kube.fake_http import write_kubeconfig
 from tests.kube.waiting import wait_for
 
 KERNEL_UEVENT = Path("/sys/devices/system/cpu/cpu0/uevent")
+
+
+@pytest.fixture
+async def env() -> AsyncIterator[tuple[Path, FakeApiServer]]:
+    with short_dir("do-") as root:
+        write_machine(root)
+        write_kubeconfig(root / "kubeconfig", 1)
+        fake = FakeApiServer()
+        fake.put_object("nodes", {"metadata": {"name": NODE}})
+        yield root, fake
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +42,7 @@ def api() -> GrpcioApi:
 
 async def get(running: Running, path: str) -> httpx.Response:
     await wait_for(lambda: bool(running.daemon.endpoint_addresses), 10)
-    host, port = running.daemon.endpoint_addresses[0].rsplit(":", 1)
+    port = running.daemon.endpoint_addresses[0].rsplit(":", 1)[1]
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
         return await client.get(path)
 
