@@ -5,6 +5,7 @@ sysfs overlay. grpcio plays the kubelet, the in-memory fake API server holds cla
 from __future__ import annotations
 
 import os
+import tarfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -174,4 +175,39 @@ async def test_hotplug_from_real_uevents(
     assert response.claims["u2"].error == ""
     assert 5 in r.daemon.owner.state.claims["u2"].cpus
     assert r.daemon.topology_changes == 2
+    r.scope.cancel()
+
+
+async def test_gather_command_against_the_running_daemon(
+    nursery: trio.Nursery, env: tuple[Path, FakeApiServer], api: GrpcioApi
+) -> None:
+    from dracpu.cli import main
+
+    root, fake = env
+    r = await start(nursery, root, fake)
+    r.put_claim(claim("u1", [grouped("req", "cpudevnuma000", 2)]))
+    assert (await r.call(api, "prepare", "u1")).claims["u1"].error == ""
+    await wait_for(lambda: bool(r.daemon.endpoint_addresses), 10)
+    port = r.daemon.endpoint_addresses[0].rsplit(":", 1)[1]
+    out = root / "out"
+    argv = [
+        "gather",
+        f"--state-dir={root / 'state'}",
+        f"--cdi-dir={root / 'cdi'}",
+        f"--sysfs-root={root / 'sys'}",
+        f"--endpoint=http://127.0.0.1:{port}",
+        f"--node-name={NODE}",
+        f"--output-dir={out}",
+    ]
+    assert await trio.to_thread.run_sync(main, argv) == 0
+    (archive,) = out.glob("*.tar.gz")
+    with tarfile.open(archive) as tar:
+        names = {Path(n).relative_to(Path(n).parts[0]).as_posix() for n in tar.getnames()}
+        errors = tar.extractfile(next(n for n in tar.getnames() if n.endswith("errors.txt")))
+        assert errors is not None
+        error_text = errors.read().decode()
+    assert {"status.json", "metrics.txt", "topology.yaml", "state/checkpoint.json"} <= names
+    assert any(n.startswith("cdi/dra.k8s.io-cpu_") for n in names)
+    assert "status.json" not in error_text
+    assert "slices.json: no API server config given" in error_text
     r.scope.cancel()
