@@ -96,6 +96,13 @@ def add_commands(commands: Any) -> None:
     status = commands.add_parser("status", help="show the node daemon's claims, pool and health")
     status.add_argument("--state-dir", type=Path, default=defaults.state_dir, metavar="DIR")
     status.add_argument("--json", action="store_true", help="print the status document as JSON")
+    status.add_argument(
+        "--endpoint",
+        default=None,
+        metavar="URL",
+        help="read /status from the daemon's HTTP endpoint first (e.g. http://127.0.0.1:8080); "
+        "the status socket and then the state dir are used when it does not answer",
+    )
 
 
 def main_run(args: argparse.Namespace) -> int:
@@ -111,13 +118,27 @@ def main_status(args: argparse.Namespace) -> int:
     """``dracpu status``: print the daemon's status (exit 0 when up, 3 when down)."""
     from dracpu.daemon.status import read_status, render_text
 
-    doc = read_status(args.state_dir)
+    doc = _from_endpoint(args.endpoint) if args.endpoint else None
+    if doc is None:
+        doc = read_status(args.state_dir)
     if args.json:
         json.dump(doc, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
     else:
         sys.stdout.write(render_text(doc))
     return 0 if doc.get("daemon") == "up" else 3
+
+
+def _from_endpoint(url: str) -> dict[str, Any] | None:
+    """The endpoint's ``/status`` document, or None when it does not answer with one."""
+    import httpx
+
+    try:
+        response = httpx.get(url.rstrip("/") + "/status", timeout=2.0)
+        doc = response.json() if response.status_code == 200 else None
+    except (httpx.HTTPError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and doc.get("daemon") == "up" else None
 
 
 def main_gather(args: argparse.Namespace) -> int:

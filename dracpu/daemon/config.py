@@ -248,7 +248,7 @@ FIELDS: tuple[Field, ...] = (
         "",  # File only, as upstream.
         "publish_node_allocatable_resource_mapping",
         _boolean,
-        "accepted for compatibility with upstream; dracpu does not publish the mapping yet",
+        "KEP-5517: map each device onto the node's cpu allocatable (upstream's key)",
         is_bool=True,
         text=False,
     ),

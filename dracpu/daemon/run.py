@@ -257,13 +257,16 @@ class Daemon:
 
     def endpoint(self) -> Endpoint:
         """The HTTP endpoint's sources."""
-        recent = self.recent_logs
         return Endpoint(
             health=self.health_parts,
             metrics=self.metrics,
             status=self.status,
-            recent_logs=recent.text if recent is not None else None,
+            recent_logs=self._recent_text,
         )
+
+    def _recent_text(self) -> str:
+        recent = self.recent_logs
+        return recent.text() if recent is not None else "(no log lines kept in this process)\n"
 
     async def _serve_http(self) -> None:
         async with trio.open_nursery() as nursery:

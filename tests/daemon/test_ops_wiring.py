@@ -4,6 +4,8 @@ sysfs overlay. grpcio plays the kubelet, the in-memory fake API server holds cla
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import tarfile
 import time
@@ -17,6 +19,7 @@ import trio
 from dracpu.core.cpuset import CpuSet
 from dracpu.daemon.health import device_health
 from dracpu.kubelet import Health
+from dracpu.logs import RecentLines
 from tests.daemon.support import NODE, GrpcioApi, claim, dra_api, grouped, short_dir, write_machine
 from tests.daemon.test_daemon import Running, start
 from tests.kube.fake_apiserver import FakeApiServer
@@ -88,8 +91,16 @@ async def test_endpoint_health_metrics_status(
     assert sample(scrape, "dracpu_cgroup_fallback_active") == 0
     status = (await get(r, "/status")).json()
     assert [c["uid"] for c in status["claims"]] == ["u1"]
-    logs = (await get(r, "/logs")).status_code
-    assert logs == 404  # In-process tests install no RecentLines; `dracpu run` does (main()).
+    assert status["hotplug"]["state"] in ("listening", "starting") or status["hotplug"][
+        "state"
+    ].startswith("unavailable")
+    # /logs serves the daemon's RecentLines ring (`dracpu run` installs it on the root logger).
+    recent = RecentLines()
+    r.daemon.recent_logs = recent
+    recent.handle(
+        logging.LogRecord("dracpu.x", logging.INFO, __file__, 1, "hello %s", ("ops",), None)
+    )
+    assert "hello ops" in (await get(r, "/logs")).text
     r.scope.cancel()
 
 
@@ -179,7 +190,10 @@ async def test_hotplug_from_real_uevents(
 
 
 async def test_gather_command_against_the_running_daemon(
-    nursery: trio.Nursery, env: tuple[Path, FakeApiServer], api: GrpcioApi
+    nursery: trio.Nursery,
+    env: tuple[Path, FakeApiServer],
+    api: GrpcioApi,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from dracpu.cli import main
 
@@ -210,4 +224,11 @@ async def test_gather_command_against_the_running_daemon(
     assert any(n.startswith("cdi/dra.k8s.io-cpu_") for n in names)
     assert "status.json" not in error_text
     assert "slices.json: no API server config given" in error_text
+    # `dracpu status --endpoint` reads the same document from the endpoint.
+    status_argv = ["status", "--json", f"--endpoint=http://127.0.0.1:{port}"]
+    status_argv.append(f"--state-dir={root / 'nowhere'}")  # no socket there: endpoint only
+    capsys.readouterr()
+    assert await trio.to_thread.run_sync(main, status_argv) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert [c["uid"] for c in printed["claims"]] == ["u1"]
     r.scope.cancel()
