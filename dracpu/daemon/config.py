@@ -85,6 +85,7 @@ class RunConfig:
     distribute_across_numa: bool = False
     strategy: Strategy = Strategy.PACKED
     release_grace_period: float = 60.0
+    device_metadata: bool = True
 
     @property
     def allocation_defaults(self) -> AllocationOptions:
@@ -308,6 +309,15 @@ FIELDS: tuple[Field, ...] = (
         "release_grace_period",
         _seconds,
         "seconds after start before claims missing from the API are released",
+        text=False,
+    ),
+    Field(
+        "enableDeviceMetadata",
+        "--enable-device-metadata",
+        "device_metadata",
+        _boolean,
+        "write KEP-5304 device metadata files (dra.cpu/allocatedNumCPUs) and their CDI mounts",
+        is_bool=True,
         text=False,
     ),
 )

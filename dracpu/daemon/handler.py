@@ -8,15 +8,18 @@ checkpoint write. A claim that cannot be fetched or parsed fails alone, with a m
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import trio
 
 from dracpu.core import claims as core_claims
 from dracpu.core import node
+from dracpu.core.device_metadata import POD_CLAIM_NAME_ANNOTATION, MetadataDevice
+from dracpu.daemon.metadata import MetadataError, MetadataWriter
 from dracpu.daemon.owner import Owner
 from dracpu.errors import DracpuError
 from dracpu.kube.errors import NotFoundError
@@ -48,7 +51,13 @@ class DaemonClaimHandler:
         pool: str,
         driver: str,
         metrics: DriverMetrics | None = None,
+        metadata: MetadataWriter | None = None,
+        attributes_of: Callable[[str], Mapping[str, Mapping[str, Any]]] = lambda _: {},
     ) -> None:
+        self.metadata = metadata
+        """KEP-5304 device metadata files are written at prepare and removed at unprepare
+        when set; ``attributes_of`` gives a device's published attributes for them."""
+        self.attributes_of = attributes_of
         self.metrics = metrics
         """Per-claim results, durations and CPU counts are recorded here when set."""
         self.owner = owner
@@ -56,7 +65,9 @@ class DaemonClaimHandler:
         self.pool = pool
         self.driver = driver
 
-    async def _fetch(self, ref: kh.ClaimRef) -> core_claims.Claim | str:
+    async def _fetch(
+        self, ref: kh.ClaimRef, pod_claim_names: dict[str, str | None]
+    ) -> core_claims.Claim | str:
         where = f"ResourceClaim {ref.namespace}/{ref.name} (uid {ref.uid})"
         try:
             obj = await self.claims.get(ref.namespace, ref.name, ref.uid)
@@ -64,6 +75,9 @@ class DaemonClaimHandler:
             return f"{where}: not found in the API"
         except DracpuError as exc:
             return f"{where}: {exc}"
+        annotations = (obj.get("metadata") or {}).get("annotations") or {}
+        pod_claim = annotations.get(POD_CLAIM_NAME_ANNOTATION)
+        pod_claim_names[ref.uid] = pod_claim if isinstance(pod_claim, str) else None
         try:
             return core_claims.parse_claim(obj, pool=self.pool, driver=self.driver)
         except DracpuError as exc:
@@ -78,12 +92,13 @@ class DaemonClaimHandler:
         began = time.perf_counter()
         held_before = {c.uid for c in claims if c.uid in self.owner.state.claims}
         fetched: dict[str, core_claims.Claim | str] = {}
+        pod_claims: dict[str, str | None] = {}
         if len(claims) == 1:
-            fetched[claims[0].uid] = await self._fetch(claims[0])
+            fetched[claims[0].uid] = await self._fetch(claims[0], pod_claims)
         else:
 
             async def one(ref: kh.ClaimRef) -> None:
-                fetched[ref.uid] = await self._fetch(ref)
+                fetched[ref.uid] = await self._fetch(ref, pod_claims)
 
             async with trio.open_nursery() as nursery:
                 for ref in claims:
@@ -108,8 +123,17 @@ class DaemonClaimHandler:
                 if self.metrics is not None:
                     self.metrics.record_prepare(Result.ERROR, seconds)
             else:
+                devices = _devices(outcome, fetched.get(uid))
+                try:
+                    devices = self._with_metadata(outcome, asked, pod_claims.get(uid), devices)
+                except MetadataError as exc:
+                    _log.error("prepare failed: %s", exc, extra=where)
+                    out[uid] = kh.ClaimFailed(str(exc))
+                    if self.metrics is not None:
+                        self.metrics.record_prepare(Result.ERROR, seconds)
+                    continue
                 _log.info("claim prepared with CPUs %s", outcome.claim.cpus, extra=where)
-                out[uid] = kh.ClaimPrepared(_devices(outcome, fetched.get(uid)))
+                out[uid] = kh.ClaimPrepared(devices)
                 if self.metrics is not None:
                     new = uid not in held_before
                     cpus = len(outcome.claim.cpus) if new else None
@@ -130,7 +154,18 @@ class DaemonClaimHandler:
             raise DracpuError(applied.error)
         assert isinstance(applied.reply, node.ReplyUnprepare)
         out: dict[str, kh.UnprepareResult] = {}
+        asked = {c.uid: c for c in claims}
         for uid, o in applied.reply.results.items():
+            ref = asked.get(uid)
+            if (
+                self.metadata is not None
+                and ref is not None
+                and not isinstance(o, node.ClaimFailed)
+            ):
+                try:
+                    self.metadata.remove(namespace=ref.namespace, name=ref.name, uid=uid)
+                except MetadataError as exc:
+                    o = node.ClaimFailed(str(exc))
             failed = isinstance(o, node.ClaimFailed)
             if isinstance(o, node.ClaimFailed):
                 _log.warning("unprepare failed: %s", o.error, extra=fields(claim=uid))
@@ -141,6 +176,41 @@ class DaemonClaimHandler:
             if self.metrics is not None:
                 self.metrics.record_unprepare(Result.ERROR if failed else Result.SUCCESS)
         return out
+
+    def _with_metadata(
+        self,
+        outcome: node.ClaimPrepared,
+        ref: kh.ClaimRef | None,
+        pod_claim_name: str | None,
+        devices: tuple[kh.PreparedDevice, ...],
+    ) -> tuple[kh.PreparedDevice, ...]:
+        """Write the claim's metadata files; each device gets its request's metadata CDI ID."""
+        if self.metadata is None or ref is None or not outcome.claim.devices:
+            return devices
+        ids = self.metadata.write(
+            namespace=ref.namespace,
+            name=ref.name,
+            uid=ref.uid,
+            pod_claim_name=pod_claim_name,
+            devices=[
+                MetadataDevice(
+                    request=d.request,
+                    pool=d.pool,
+                    device=d.device,
+                    attributes=self.attributes_of(d.device),
+                    allocated_cpus=len(d.cpus),
+                )
+                for d in outcome.claim.devices
+            ],
+        )
+        out = []
+        for dev in devices:
+            base = dev.request_names[0].split("/", 1)[0] if dev.request_names else ""
+            extra = ids.get(base)
+            if extra is not None and extra not in dev.cdi_device_ids:
+                dev = dataclasses.replace(dev, cdi_device_ids=(*dev.cdi_device_ids, extra))
+            out.append(dev)
+        return tuple(out)
 
 
 def _name_of(ref: kh.ClaimRef | None) -> str | None:

@@ -51,6 +51,7 @@ from dracpu.daemon.config import RunConfig, node_name
 from dracpu.daemon.enforcement import Enforcement
 from dracpu.daemon.handler import DaemonClaimHandler
 from dracpu.daemon.health import NodeHealth, device_health, node_health
+from dracpu.daemon.metadata import MetadataWriter
 from dracpu.daemon.owner import Owner
 from dracpu.daemon.status import serve_status, status_document
 from dracpu.errors import DracpuError, InvalidValueError
@@ -163,6 +164,7 @@ class Daemon:
     uevent_quiet: float = 0.2
     """Debounce of CPU uevent bursts (see :func:`dracpu.uevents.deliver_batches`)."""
     _counts_for: tuple[object, AllocationCounts] | None = None
+    _attributes_for: tuple[object, dict[str, Any]] | None = None
 
     def slice_specs(self, state: node.NodeState) -> list[dict[str, Any]]:
         """The desired ResourceSlice specs for ``state``'s topology."""
@@ -188,7 +190,29 @@ class Daemon:
             pool=self.node_name,
             driver=self.publisher.driver,
             metrics=self.metrics,
+            metadata=MetadataWriter(
+                driver=self.publisher.driver,
+                plugin_data_dir=self.config.kubelet_root_dir / "plugins" / self.publisher.driver,
+                cdi_dir=self.config.cdi_dir,
+            )
+            if self.config.device_metadata
+            else None,
+            attributes_of=self.device_attributes,
         )
+
+    def device_attributes(self, device: str) -> Mapping[str, Mapping[str, Any]]:
+        """A device's attributes in the published slice model (cached per node state)."""
+        state = self.owner.state
+        cached = self._attributes_for
+        if cached is None or cached[0] is not state:
+            table = {
+                d["name"]: d.get("attributes", {})
+                for spec in self.slice_specs(state)
+                for d in spec.get("devices", [])
+            }
+            cached = self._attributes_for = (state, table)
+        found: Mapping[str, Mapping[str, Any]] = cached[1].get(device, {})
+        return found
 
     def allocation_counts(self) -> AllocationCounts:
         """The allocation gauges, computed once per node state (states are immutable), so a
