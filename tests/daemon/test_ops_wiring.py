@@ -91,9 +91,8 @@ async def test_endpoint_health_metrics_status(
     assert sample(scrape, "dracpu_cgroup_fallback_active") == 0
     status = (await get(r, "/status")).json()
     assert [c["uid"] for c in status["claims"]] == ["u1"]
-    assert status["hotplug"]["state"] in ("listening", "starting") or status["hotplug"][
-        "state"
-    ].startswith("unavailable")
+    assert status["hotplug"]["topologyChanges"] == 0
+    assert status["endpoint"] == r.daemon.endpoint_addresses
     # /logs serves the daemon's RecentLines ring (`dracpu run` installs it on the root logger).
     recent = RecentLines()
     r.daemon.recent_logs = recent
@@ -231,4 +230,49 @@ async def test_gather_command_against_the_running_daemon(
     assert await trio.to_thread.run_sync(main, status_argv) == 0
     printed = json.loads(capsys.readouterr().out)
     assert [c["uid"] for c in printed["claims"]] == ["u1"]
+    r.scope.cancel()
+
+
+async def test_node_allocatable_mapping_and_restart_metric(
+    nursery: trio.Nursery, env: tuple[Path, FakeApiServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    from dracpu.backoff import Backoff
+    from dracpu.daemon.run import supervise
+
+    root, fake = env
+    r = await start(nursery, root, fake, publish_node_allocatable_resource_mapping=True)
+    await wait_for(r.daemon.publisher.in_sync.is_set, 10)
+    devices = [d for o in fake.objects["resourceslices"].values() for d in o["spec"]["devices"]]
+    assert devices
+    assert all("nodeAllocatableResources" in d for d in devices)
+
+    # A failing member is counted by the supervisor's callback, labelled by the member.
+    async def broken() -> None:
+        raise RuntimeError("boom")
+
+    with trio.move_on_after(0.5):
+        await supervise(
+            lambda: [("broken member", broken)],
+            Backoff(initial=0.05, maximum=0.05),
+            r.daemon._record_failure,
+        )
+    scrape = (await get(r, "/metrics")).text
+    assert sample(scrape, 'dracpu_supervised_group_restarts_total{reason="broken member"}') >= 2
+    r.scope.cancel()
+
+
+async def test_claim_log_lines_carry_fields(
+    nursery: trio.Nursery,
+    env: tuple[Path, FakeApiServer],
+    api: GrpcioApi,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    root, fake = env
+    r = await start(nursery, root, fake)
+    r.put_claim(claim("u9", [grouped("req", "cpudevnuma000", 2)]))
+    with caplog.at_level(logging.INFO, logger="dracpu.daemon.handler"):
+        assert (await r.call(api, "prepare", "u9")).claims["u9"].error == ""
+    lines = [rec for rec in caplog.records if rec.name == "dracpu.daemon.handler"]
+    assert lines
+    assert getattr(lines[-1], "dracpu_fields", {}) == {"claim": "u9", "name": "ns/claim-u9"}
     r.scope.cancel()
