@@ -317,6 +317,8 @@ class Daemon:
             await trio.sleep_forever()
         with sock:
             self.hotplug = "listening"
+            # Changes made while nobody listened (start-up, a group restart) are caught here.
+            await self._on_cpu_events(())
             await deliver_batches(
                 cpu_events(sock), self._on_cpu_events, quiet=self.uevent_quiet, max_wait=1.0
             )
