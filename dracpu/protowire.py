@@ -75,6 +75,7 @@ class _Field:
     body: int  # what a length-delimited body holds (_RAW/_NESTED/_PACKED)
     nested: type[betterproto2.Message] | None
     packed_wire: int  # for _PACKED: the wire type of each element
+    text: bool  # a string field: its bytes must be UTF-8 (checked when ``utf8`` is asked for)
 
 
 @functools.cache
@@ -96,7 +97,8 @@ def _schema(cls: type[betterproto2.Message]) -> dict[int, _Field]:
             nested = meta.cls_by_field[f.name]
         elif fm.repeated and fm.proto_type in betterproto2.PACKED_TYPES:
             body = _PACKED
-        fields[fm.number] = _Field(f.name, wire, body, nested, packed_wire)
+        text = fm.proto_type == betterproto2.TYPE_STRING
+        fields[fm.number] = _Field(f.name, wire, body, nested, packed_wire, text)
     return fields
 
 
@@ -130,7 +132,13 @@ def _check_packed(data: bytes, pos: int, end: int, f: _Field, cls: str) -> None:
 
 
 def _check(
-    cls: type[betterproto2.Message], data: bytes, pos: int, end: int, depth: int, max_depth: int
+    cls: type[betterproto2.Message],
+    data: bytes,
+    pos: int,
+    end: int,
+    depth: int,
+    max_depth: int,
+    utf8: bool,
 ) -> None:
     name = cls.__name__
     if depth > max_depth:
@@ -161,11 +169,18 @@ def _check(
                 continue
             if f.body == _NESTED:
                 assert f.nested is not None
-                _check(f.nested, data, body, pos, depth + 1, max_depth)
+                _check(f.nested, data, body, pos, depth + 1, max_depth, utf8)
             elif f.body == _PACKED:
                 _check_packed(data, body, pos, f, name)
             elif f.wire != _LEN:
                 raise _wrong_wire(name, f, number, wire, tag_at)
+            elif utf8 and f.text:
+                try:
+                    data[body:pos].decode()
+                except UnicodeDecodeError as exc:
+                    raise MalformedMessageError(
+                        name, f"{_where(f, number)} is not UTF-8 ({exc.reason})", offset=body
+                    ) from None
             continue
         if number == 0:
             raise MalformedMessageError(name, "field number 0", offset=tag_at)
@@ -196,13 +211,20 @@ def _wrong_wire(name: str, f: _Field, number: int, wire: int, offset: int) -> Ma
 
 
 def check_message(
-    cls: type[betterproto2.Message], data: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH
+    cls: type[betterproto2.Message],
+    data: bytes,
+    *,
+    max_depth: int = DEFAULT_MAX_DEPTH,
+    utf8: bool = False,
 ) -> None:
     """Raise :class:`MalformedMessageError` unless ``data`` is a well-formed ``cls`` encoding.
 
-    Linear in ``len(data)``; nothing is decoded or copied.
+    Linear in ``len(data)``; nothing is decoded or copied. ``utf8`` also checks that every
+    string field of the schema (at any depth) is UTF-8, which ``cls.parse`` would otherwise
+    find: a reader that decodes only some fields (:mod:`dracpu.nri.lazy`) asks for it, so it
+    refuses exactly what :func:`parse_strict` refuses.
     """
-    _check(cls, data, 0, len(data), 0, max_depth)
+    _check(cls, data, 0, len(data), 0, max_depth, utf8)
 
 
 def parse_strict(cls: type[M], data: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH) -> M:

@@ -177,6 +177,18 @@ class NodeState:
     containers: Mapping[str, KnownContainer] = field(default_factory=dict)
     owners: Mapping[str, Owner] = field(default_factory=dict)
     held: CpuSet = CpuSet()  # noqa: RUF009 (immutable value)
+    # (containers, pool) when every shared container in exactly that ``containers`` mapping is
+    # known to run on that pool, so an exclusive creation need not scan them all. Bound to the
+    # mapping's identity: every transition that changes containers builds a new mapping, which
+    # drops the stamp unless the transition renews it. Not part of the state's value.
+    pool_stamp: tuple[Mapping[str, KnownContainer], CpuSet] | None = field(
+        default=None, compare=False, repr=False
+    )
+
+    def shared_on_pool(self, pool: CpuSet) -> bool:
+        """True when every shared container is known to run on ``pool`` already."""
+        stamp = self.pool_stamp
+        return stamp is not None and stamp[0] is self.containers and stamp[1] == pool
 
     @classmethod
     def initial(
@@ -750,19 +762,24 @@ def _container_created(
     decision = decide(state, container)
     if isinstance(decision, Rejected):
         return state, (RejectContainer(container.id, decision.reason),)
+    pool = shared_pool(state)  # a container's creation never changes the pool
+    synced = state.shared_on_pool(pool)
     containers = dict(state.containers)
     if isinstance(decision, Shared):
         containers[container.id] = KnownContainer(container, (), decision.cpus)
-        after = dataclasses.replace(state, containers=containers)
+        stamp = (containers, pool) if synced and decision.cpus == pool else None
+        after = dataclasses.replace(state, containers=containers, pool_stamp=stamp)
         return after, (AdjustContainer(container.id, decision.cpus),)
     assert isinstance(decision, Exclusive)
     owners = dict(state.owners)
     for uid in decision.claims:
         owners[uid] = Owner(container.pod.uid, container.name, container.kind)
     containers[container.id] = KnownContainer(container, decision.claims, decision.cpus)
-    after = dataclasses.replace(state, containers=containers, owners=owners)
-    updates = shared_updates(after, exclude=container.id)
-    after = _record_updates(after, updates)
+    after = dataclasses.replace(state, containers=containers, owners=owners, pool_stamp=None)
+    # O(changed): with every shared container already on the pool there is nothing to scan.
+    updates = () if synced else shared_updates(after, exclude=container.id)
+    after = _record_updates(after, updates) if updates else after
+    after = dataclasses.replace(after, pool_stamp=(after.containers, pool) if pool else None)
     return after, (AdjustContainer(container.id, decision.cpus, updates),)
 
 

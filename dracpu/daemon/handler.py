@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
@@ -21,7 +22,7 @@ from dracpu.core import node
 from dracpu.core.device_metadata import POD_CLAIM_NAME_ANNOTATION, MetadataDevice
 from dracpu.daemon.metadata import MetadataError, MetadataWriter
 from dracpu.daemon.owner import Owner
-from dracpu.errors import DracpuError
+from dracpu.errors import DracpuError, shown
 from dracpu.kube.errors import NotFoundError
 from dracpu.kubelet import handler as kh
 from dracpu.logs import fields
@@ -68,6 +69,10 @@ class DaemonClaimHandler:
     async def _fetch(
         self, ref: kh.ClaimRef, pod_claim_names: dict[str, str | None]
     ) -> core_claims.Claim | str:
+        bad = _bad_ref(ref)
+        if bad:
+            named = f"{shown(ref.namespace)}/{shown(ref.name)} (uid {shown(ref.uid)})"
+            return f"ResourceClaim {named}: {bad}"
         where = f"ResourceClaim {ref.namespace}/{ref.name} (uid {ref.uid})"
         try:
             obj = await self.claims.get(ref.namespace, ref.name, ref.uid)
@@ -106,11 +111,11 @@ class DaemonClaimHandler:
         refs = tuple(core_claims.ClaimRef(c.namespace, c.name, c.uid) for c in claims)
         applied = await self.owner.apply(node.Prepare(refs, fetched))
         seconds = time.perf_counter() - began
-        if applied.error is not None:
+        if applied.error is not None:  # Nothing changed (the disk refused): every claim fails.
             if self.metrics is not None:
                 for _ in refs:
                     self.metrics.record_prepare(Result.ERROR, seconds)
-            raise DracpuError(applied.error)
+            return {c.uid: kh.ClaimFailed(applied.error) for c in claims}
         assert isinstance(applied.reply, node.ReplyPrepare)
         names = {c.uid: c for c in claims}
         out: dict[str, kh.PrepareResult] = {}
@@ -147,11 +152,11 @@ class DaemonClaimHandler:
         """
         refs = tuple(core_claims.ClaimRef(c.namespace, c.name, c.uid) for c in claims)
         applied = await self.owner.apply(node.Unprepare(refs))
-        if applied.error is not None:
+        if applied.error is not None:  # Nothing released: every claim fails, retried later.
             if self.metrics is not None:
                 for _ in refs:
                     self.metrics.record_unprepare(Result.ERROR)
-            raise DracpuError(applied.error)
+            return {c.uid: kh.ClaimFailed(applied.error) for c in claims}
         assert isinstance(applied.reply, node.ReplyUnprepare)
         out: dict[str, kh.UnprepareResult] = {}
         asked = {c.uid: c for c in claims}
@@ -216,6 +221,23 @@ class DaemonClaimHandler:
 def _name_of(ref: kh.ClaimRef | None) -> str | None:
     """The claim's ``namespace/name`` (the kubelet's request names the claim, not its pods)."""
     return f"{ref.namespace}/{ref.name}" if ref is not None else None
+
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+_UID = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,127}")
+
+
+def _bad_ref(ref: kh.ClaimRef) -> str:
+    """Why the kubelet's claim reference cannot name a ResourceClaim ("" if it can): checked
+    before any API call, so a malformed one fails alone and never reaches a URL."""
+    if not _DNS_LABEL.fullmatch(ref.namespace):
+        return "the namespace is not a DNS label"
+    if not _DNS_SUBDOMAIN.fullmatch(ref.name):
+        return "the name is not a DNS subdomain of at most 253 characters"
+    if not _UID.fullmatch(ref.uid):
+        return "the UID is not a UID (letters, digits and '-', at most 128)"
+    return ""
 
 
 def _devices(

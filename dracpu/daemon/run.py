@@ -535,14 +535,16 @@ def build_daemon(
         driver=DRIVER_NAME,
     )
     store = CheckpointStore(config.state_dir)
+    store.secure_dir()
     cdi = CdiDir(config.cdi_dir)
     state, kind = load_state(topology, node_config, store, cdi)
     fixed = cdi.reconcile({uid: c.cpus for uid, c in state.claims.items() if c.cpus})
-    if fixed.written or fixed.removed:
+    if fixed.written or fixed.removed or fixed.strays:
         _log.info(
-            "CDI specs reconciled: %d rewritten, %d orphan(s) removed",
+            "CDI specs reconciled: %d rewritten, %d orphan(s) removed, %d stray temp file(s)",
             len(fixed.written),
             len(fixed.removed),
+            len(fixed.strays),
         )
     _log.info(
         "node %s: %d CPUs online, %d claim(s) prepared (%s), shared pool %s",

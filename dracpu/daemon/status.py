@@ -98,6 +98,8 @@ def status_document(daemon: Daemon) -> dict[str, Any]:
 async def serve_status(state_dir: Path, render: Any) -> NoReturn:
     """Serve ``render()`` as JSON to every connection on ``<state_dir>/status.sock``.
 
+    The socket is 0600 (root only) and its dir is created 0700.
+
     Cancellation: the socket is closed and its file removed.
     """
     path = state_dir / STATUS_SOCKET
@@ -105,6 +107,7 @@ async def serve_status(state_dir: Path, render: Any) -> NoReturn:
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         await sock.bind(str(path))
+        os.chmod(path, 0o600)  # Before listen: no one connects while it is still open to all.
         sock.listen(16)
         listener = trio.SocketListener(sock)
 
@@ -123,7 +126,7 @@ async def serve_status(state_dir: Path, render: Any) -> NoReturn:
 
 
 def _prepare_socket_path(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
 

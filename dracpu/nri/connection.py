@@ -30,6 +30,7 @@ import trio
 
 from dracpu.nri import mux, ttrpc
 from dracpu.nri.errors import ConnectionClosedError, FrameError, RpcStatusError
+from dracpu.nri.lazy import read_ttrpc_request, ttrpc_response
 from dracpu.nri.ttrpc import Code, MessageType
 from generated.google.rpc import Status
 from generated.ttrpc import Request, Response
@@ -191,10 +192,15 @@ class MuxConnection:
                 partial_since = trio.current_time()
             deadline = math.inf if partial_since is None else partial_since + self._frame_timeout
             data: bytes | bytearray = b""
-            with trio.move_on_at(deadline):
+            if partial_since is None:  # between frames: no deadline, no cancel scope to set up
                 data = await self._stream.receive_some(READ_SIZE)
                 if not data:
                     return
+            else:
+                with trio.move_on_at(deadline):
+                    data = await self._stream.receive_some(READ_SIZE)
+                    if not data:
+                        return
             if not data:
                 raise FrameError(
                     f"frame incomplete for {self._frame_timeout} s ({buffered} bytes buffered)",
@@ -260,7 +266,7 @@ class MuxConnection:
         self._handler_tasks.add(task)
         try:
             try:
-                request = Request.parse(msg.body)
+                request = read_ttrpc_request(msg.body)
             except Exception as exc:
                 await self._reply_error(
                     msg.stream_id, Code.INVALID_ARGUMENT, f"undecodable ttrpc request: {exc}"
@@ -289,9 +295,7 @@ class MuxConnection:
                     timeout,
                 )
                 return
-            if status is not None:
-                payload = b""
-            body = bytes(Response(status=status, payload=payload))
+            body = bytes(Response(status=status)) if status is not None else ttrpc_response(payload)
             if len(body) > ttrpc.MAX_MESSAGE_LENGTH:
                 log.error(
                     "%s: response to %s is %d bytes, over the ttrpc limit",
@@ -404,10 +408,19 @@ class MuxConnection:
 
     async def _send(self, conn_id: int, message: bytes) -> None:
         data = mux.encode_message(conn_id, message)
-        async with self._write_lock:
+        # Uncontended (the usual case) the lock is taken without a scheduler round trip; the
+        # write itself checkpoints. Contended, this waits (and can be cancelled) as before.
+        lock = self._write_lock
+        if lock.locked():
+            await lock.acquire()
+        else:
+            lock.acquire_nowait()
+        try:
             if self._close_reason:
                 raise ConnectionClosedError(self._close_reason)
             await self._write(data)
+        finally:
+            lock.release()
 
     async def _write(self, data: bytes) -> None:
         """Write under the lock; any failure or cancellation mid-write closes the connection,

@@ -6,14 +6,19 @@ the generated ``nri.pkg.api.v1alpha1`` types. Handlers run while the runtime hol
 with a request deadline (2 s by default), so they must answer from memory, quickly, and must
 never await :meth:`dracpu.nri.NriPlugin.update_containers` (that would deadlock the runtime;
 the plugin refuses it with an error). Return updates in the response instead.
+
+A handler that also implements :class:`LazyCreateHandler` gets CreateContainer as a
+:class:`~dracpu.nri.lazy.CreateRequestView` and answers with encoded bytes (the hot path, see
+``docs/dev/protocols.md``); every other handler and request goes through betterproto2.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
+from dracpu.nri.lazy import CreateRequestView
 from generated.nri.pkg.api.v1alpha1 import (
     Container,
     ContainerUpdate,
@@ -82,4 +87,15 @@ class NriHandler(Protocol):
         Delivered the same way whether it arrived as a dedicated RPC (NRI >= v0.12) or as
         StateChange (older runtimes).
         """
+        ...
+
+
+@runtime_checkable
+class LazyCreateHandler(Protocol):
+    """The fast CreateContainer path: the plugin reads only the policy's fields
+    (:func:`dracpu.nri.lazy.read_create_request`, strictly checked) and sends the returned
+    bytes as they are. The same rules as :meth:`NriHandler.create_container` apply."""
+
+    async def create_container_view(self, request: CreateRequestView) -> bytes:
+        """Return the encoded CreateContainerResponse for the new container."""
         ...

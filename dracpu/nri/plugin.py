@@ -29,7 +29,8 @@ from dracpu.errors import InvalidValueError, ProtocolError
 from dracpu.nri.connection import FRAME_TIMEOUT, WRITE_TIMEOUT, MuxConnection
 from dracpu.nri.errors import ConnectionClosedError, RpcStatusError
 from dracpu.nri.events import DEFAULT_EVENTS, SUBSCRIBABLE, events_of, mask_of, runtime_valid_mask
-from dracpu.nri.handler import NriHandler, RuntimeInfo
+from dracpu.nri.handler import LazyCreateHandler, NriHandler, RuntimeInfo
+from dracpu.nri.lazy import read_create_request
 from dracpu.nri.ttrpc import Code
 from dracpu.protowire import MalformedMessageError, parse_strict
 from generated.nri.pkg.api import v1alpha1 as api
@@ -149,6 +150,7 @@ class NriPlugin:
                 origin="nri plugin events",
             )
         self._handler = handler
+        self._lazy = handler if isinstance(handler, LazyCreateHandler) else None
         self._name = name
         self._index = index
         self._socket_path = socket_path
@@ -315,6 +317,14 @@ class NriPlugin:
             case "Shutdown":
                 return b""
             case "CreateContainer":
+                if self._lazy is not None:
+                    try:
+                        view = read_create_request(payload)
+                    except MalformedMessageError as exc:
+                        raise RpcStatusError(
+                            Code.INVALID_ARGUMENT, f"undecodable {method} request: {exc}"
+                        ) from exc
+                    return await self._lazy.create_container_view(view)
                 req = _decode(api.CreateContainerRequest, payload, method)
                 rsp = await h.create_container(
                     _pod(req.pod, method) or api.PodSandbox(),

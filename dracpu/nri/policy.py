@@ -35,6 +35,7 @@ from dracpu.logs import V, fields
 from dracpu.nri import translate
 from dracpu.nri.errors import ConnectionClosedError, RpcStatusError
 from dracpu.nri.handler import RuntimeInfo
+from dracpu.nri.lazy import CreateRequestView, ResponseEncoder
 from dracpu.nri.ttrpc import Code
 from generated.nri.pkg.api import v1alpha1 as api
 
@@ -141,6 +142,7 @@ class PolicyHandler:
         self.decider = decider
         self.kind_of = kind_of
         self.runtime: RuntimeInfo | None = None
+        self._encoder = ResponseEncoder()
 
     async def configure(self, runtime: RuntimeInfo) -> None:
         """Remember the runtime; no I/O. Cancellation: nothing to undo."""
@@ -192,6 +194,19 @@ class PolicyHandler:
             raise ContainerRejectedError(f"{info}: the policy gave no answer")
         _log.log(V(2), "container pinned to CPUs %s", reply.cpus, extra=_where(info))
         return translate.create_response(reply.cpus, reply.updates)
+
+    async def create_container_view(self, request: CreateRequestView) -> bytes:
+        """:meth:`create_container` on the plugin's lazy path: the request's policy fields in,
+        the encoded response out (each cpuset's adjustment and update body encoded once).
+        Raises and cancels as :meth:`create_container` does."""
+        info = translate.view_info(request, kind_of=self.kind_of)
+        reply = await self.decider.apply(node.ContainerCreated(info))
+        if isinstance(reply, node.RejectContainer):
+            _log.warning("rejected %s: %s", info, reply.reason)
+            raise ContainerRejectedError(reply.reason)
+        if not isinstance(reply, node.AdjustContainer):
+            raise ContainerRejectedError(f"{info}: the policy gave no answer")
+        return self._encoder.create_response(reply.cpus, reply.updates)
 
     async def update_container(
         self, pod: api.PodSandbox, container: api.Container, resources: api.LinuxResources | None

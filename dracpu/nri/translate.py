@@ -18,11 +18,15 @@ What NRI tells about a container, and what it does not:
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from dracpu.core.cpuset import CpuSet
 from dracpu.core.pinning import ContainerInfo, ContainerKind, ContainerUpdate, PodInfo
 from dracpu.errors import CpuSetParseError
 from generated.nri.pkg.api import v1alpha1 as api
+
+if TYPE_CHECKING:  # lazy.py encodes through this module
+    from dracpu.nri.lazy import CreateRequestView
 
 __all__ = [
     "KindOf",
@@ -34,6 +38,7 @@ __all__ = [
     "regular",
     "to_update",
     "to_updates",
+    "view_info",
 ]
 
 KindOf = Callable[[PodInfo, str], ContainerKind]
@@ -82,6 +87,19 @@ def container_info(
         env=tuple(container.env),
         kind=kind_of(pod, container.name),
         cpus=current_cpus(container) if with_cpus else None,
+    )
+
+
+def view_info(request: CreateRequestView, *, kind_of: KindOf = regular) -> ContainerInfo:
+    """:func:`container_info` of :func:`pod_info` for a lazily read CreateContainerRequest."""
+    pod = PodInfo(uid=request.pod_uid, namespace=request.pod_namespace, name=request.pod_name)
+    return ContainerInfo(
+        pod=pod,
+        id=request.container_id,
+        name=request.container_name,
+        env=request.env,
+        kind=kind_of(pod, request.container_name),
+        cpus=None,
     )
 
 

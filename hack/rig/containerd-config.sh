@@ -2,7 +2,8 @@
 # Print the rig's containerd config (version 3): its own root/state and sockets under the rig
 # state dir, CRI with CDI (spec dir under the state dir) and restrict_oom_score_adj, NRI with its
 # socket under the state dir, runc from PATH with cgroupfs (no systemd here), the local pause
-# image pinned, and no CNI (the node agent runs pod sandboxes in the host network namespace).
+# image pinned, and CNI from the rig's own bin/conf dirs (rig-up writes a bridge config), with the
+# pods' network namespaces mounted under containerd's state dir so rig-down's unmount finds them.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cat <<EOF2
@@ -31,6 +32,7 @@ state = '$RIG_CONTAINERD_STATE'
     enable_cdi = true
     cdi_spec_dirs = ['$RIG_CDI_DIR']
     disable_apparmor = true
+    netns_mounts_under_state_dir = true
     [plugins.'io.containerd.cri.v1.runtime'.containerd]
       default_runtime_name = 'runc'
       [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]

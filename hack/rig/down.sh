@@ -2,7 +2,10 @@
 # Stop the rig: only the PIDs rig-up recorded (checked against their command line, so a reused
 # PID is never hit), then every process left in the cgroups the rig created (containerd's shims
 # and the containers), then remove those cgroups and unmount what containerd left under the state
-# dir. Logs and PKI are kept. Safe to run when nothing is up. `--unmount-only` just unmounts.
+# dir (the kubelet's bind-mounted root, pod volumes, pod network namespaces). Then it deletes the
+# CNI bridge and the CNI cache entries, restores the kernel settings the kubelet changed and
+# removes the host directories the rig created. Logs and PKI are kept. Safe to run when nothing is
+# up. `--unmount-only` just unmounts.
 set -uo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -34,7 +37,7 @@ stop_pid() { # stop_pid NAME PID [GRACE_TENTHS]
 
 if [ -d "$RIG_RUN" ]; then
     # Dependents first; anything else recorded (extra apiservers from tests) before etcd.
-    order=(node-heartbeat containerd kube-controller-manager kube-scheduler)
+    order=(kubelet containerd kube-controller-manager kube-scheduler)
     for f in "$RIG_RUN"/*.pid; do
         [ -e "$f" ] || continue
         n=$(basename "$f" .pid)
@@ -55,8 +58,43 @@ fi
 # Cgroups the rig created: containerd's own (shims) and the pods' parent in every hierarchy.
 # Only when this state dir recorded creating them, so a rig-down for another state dir (or a
 # failed rig-up that never got that far) leaves a running rig's cgroups alone.
+restore_host() { # put back what rig-up found on the host (recorded under $RIG_HOST_DIR)
+    if ip link show "$RIG_CNI_BRIDGE" >/dev/null 2>&1; then
+        ip link del "$RIG_CNI_BRIDGE" && rig_log "deleted bridge $RIG_CNI_BRIDGE"
+    fi
+    # libcni's result cache (fixed path, <network>-<sandbox>-<ifname>): entries of the rig's
+    # network, and containerd's loopback entries of the rig's own sandboxes (pods left running).
+    rm -f /var/lib/cni/results/dracpu-rig-* 2>/dev/null
+    local sb
+    for sb in "$RIG_CONTAINERD_ROOT"/io.containerd.grpc.v1.cri/sandboxes/*; do
+        [ -e "$sb" ] && rm -f "/var/lib/cni/results/cni-loopback-$(basename "$sb")-lo"
+    done
+    # The kubelet's per-container log links (fixed path): only those into the rig's state dir.
+    if [ -d /var/log/containers ]; then
+        find /var/log/containers -maxdepth 1 -type l -lname "$RIG_STATE/*" -delete 2>/dev/null
+    fi
+    if [ -s "$RIG_HOST_DIR/sysctl.orig" ]; then
+        while IFS='=' read -r k v; do
+            [ -n "$k" ] || continue
+            if [ "$(cat "/proc/sys/${k//.//}")" != "$v" ]; then
+                echo "$v" >"/proc/sys/${k//.//}" && rig_log "restored $k=$v"
+            fi
+        done <"$RIG_HOST_DIR/sysctl.orig"
+        rm -f "$RIG_HOST_DIR/sysctl.orig"
+    fi
+    if [ -s "$RIG_HOST_DIR/created-paths" ]; then
+        # Deepest first; only empty directories go (something else may have started using them).
+        sort -r "$RIG_HOST_DIR/created-paths" | while read -r d; do
+            [ -d "$d" ] || continue
+            find "$d" -depth -type d -empty -delete 2>/dev/null
+            [ -d "$d" ] && rig_log "left $d in place: not empty"
+        done
+        rm -f "$RIG_HOST_DIR/created-paths"
+    fi
+}
+
 cgroups=()
-[ -e "$RIG_RUN/runtime-cgroup" ] || { unmount_state; rig_log "down"; exit 0; }
+[ -e "$RIG_RUN/runtime-cgroup" ] || { unmount_state; restore_host; rig_log "down"; exit 0; }
 for h in /sys/fs/cgroup/*/ /sys/fs/cgroup/; do
     for d in "$h$RIG_CGROUP_PARENT" "$h$RIG_CGROUP_PARENT-runtime"; do
         [ -d "$d" ] && cgroups+=("$d")
@@ -78,6 +116,7 @@ if [ ${#cgroups[@]} -gt 0 ]; then
     done
 fi
 unmount_state
+restore_host
 rm -f "$RIG_RUN/runtime-cgroup"
 rig_log "down"
 exit 0

@@ -23,6 +23,22 @@ RIG_CRI_SOCKET="$RIG_RUN/containerd.sock"
 RIG_NRI_SOCKET="$RIG_RUN/nri.sock"
 RIG_CDI_DIR="$RIG_STATE/cdi"
 RIG_CGROUP_PARENT="dracpu-rig"
+# The kubelet (the rig's node) and pod networking.
+RIG_KUBELET_ROOT="$RIG_STATE/kubelet"
+RIG_KUBELET_PORT=10250
+RIG_KUBELET_HEALTHZ_PORT=10248
+RIG_POD_LOGS="$RIG_STATE/pod-logs"
+RIG_CNI_DIR="$RIG_STATE/cni"
+RIG_CNI_PLUGIN_DIR=/usr/lib/cni
+RIG_CNI_BRIDGE="dracpu-rig0"
+RIG_POD_CIDR="${DRACPU_RIG_POD_CIDR:-10.244.0.0/24}"
+# What rig-up found on the host before changing it (kernel settings, directories it created);
+# rig-down puts it back. Outside run/ because rig-up clears run/.
+RIG_HOST_DIR="$RIG_STATE/host"
+# Kernel settings the kubelet changes at start (it has no warn-only mode).
+RIG_KUBELET_SYSCTLS="vm.overcommit_memory kernel.panic kernel.panic_on_oops"
+# Host paths the kubelet or containerd's CNI code create outside the state dir.
+RIG_HOST_PATHS="/var/log/containers /var/log/pods /var/lib/cni /run/netns"
 
 rig_log() { printf 'rig: %s\n' "$*" >&2; }
 rig_die() { printf 'rig: ERROR: %s\n' "$*" >&2; exit 1; }

@@ -4,7 +4,7 @@ set -uo pipefail
 source "$(dirname "$0")/lib.sh"
 REPO="$(cd "$RIG_HACK_DIR/../.." && pwd)"
 PY="${DRACPU_PYTHON:-$REPO/.venv/bin/python}"
-for c in etcd kube-apiserver kube-scheduler kube-controller-manager node-heartbeat containerd; do
+for c in etcd kube-apiserver kube-scheduler kube-controller-manager containerd kubelet; do
     f="$RIG_RUN/$c.pid"
     if [ -e "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; then s="running pid $(cat "$f")"
     elif [ -e "$f" ]; then s="DEAD (pid $(cat "$f"))"; else s="not started"; fi
@@ -18,7 +18,10 @@ cat <<EOF2
   KUBECONFIG               $RIG_KUBECONFIG
   apiserver                https://127.0.0.1:$RIG_APISERVER_PORT
   etcd                     http://127.0.0.1:$RIG_ETCD_CLIENT_PORT
-  node                     $RIG_NODE_NAME
+  node (kubelet)           $RIG_NODE_NAME, InternalIP $(cat "$RIG_STATE/node-ip" 2>/dev/null), kubelet root $RIG_KUBELET_ROOT
+  kubelet plugins          $RIG_KUBELET_ROOT/plugins_registry (registration), $RIG_KUBELET_ROOT/plugins (DRA sockets)
+  pod logs                 $RIG_POD_LOGS
+  pod network              CNI bridge $RIG_CNI_BRIDGE, $RIG_POD_CIDR (pods reach each other only)
   CRI socket               $RIG_CRI_SOCKET
   NRI socket               $RIG_NRI_SOCKET
   CDI spec dir             $RIG_CDI_DIR

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e.node_agent import NodeAgent, kube_client
+from tests.e2e.dra_driver import DraDriver, DriverCommand, DriverFactory, plugin_argv
+from tests.e2e.kube import RESOURCE, Created, kube_client
 from tests.e2e.rig import Rig, current, rig_is_up
+
+DRIVER = "dra.cpu"
 
 
 @pytest.fixture(scope="session")
@@ -28,10 +34,60 @@ def kube(rig: Rig) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
-def node_agent(rig: Rig) -> Iterator[NodeAgent]:
-    """A kubelet stand-in for the rig's Node (CRI via grpcio; add DRA sockets as needed)."""
-    agent = NodeAgent(rig)
+def dra_driver_command() -> DriverCommand:
+    """How to start a DRA driver. Today the test plugin (tests/e2e/dra_plugin.py); swap in
+    ``dracpu run ...`` here once the daemon exists."""
+    return plugin_argv
+
+
+@pytest.fixture
+def dra_driver_factory(
+    rig: Rig, tmp_path: Path, dra_driver_command: DriverCommand
+) -> Iterator[DriverFactory]:
+    """Start DRA driver processes (``factory(devices=2, fail_prepare=0)``); all are stopped at
+    the end, after the pods (the ``pods`` fixture depends on this one)."""
+    started: list[DraDriver] = []
+
+    def factory(**opts: Any) -> DraDriver:
+        n = len(started)
+        calls = tmp_path / f"driver-{n}.calls.jsonl"
+        argv = dra_driver_command(rig, calls, driver=DRIVER, **opts)
+        drv = DraDriver(rig, argv, calls, tmp_path / f"driver-{n}.log", DRIVER)
+        started.append(drv)
+        return drv.start()
+
     try:
-        yield agent
+        yield factory
     finally:
-        agent.close()
+        for drv in started:
+            drv.stop()
+
+
+@pytest.fixture
+def dra_driver(dra_driver_factory: DriverFactory) -> DraDriver:
+    """The DRA driver ``dra.cpu`` registered with the kubelet, publishing cpu0 and cpu1."""
+    return dra_driver_factory()
+
+
+@pytest.fixture
+def created(kube: httpx.Client, dra_driver_factory: DriverFactory) -> Iterator[Created]:
+    """Objects made by the test; pods are deleted through the kubelet before drivers stop."""
+    c = Created(kube)
+    try:
+        yield c
+    finally:
+        c.cleanup()
+
+
+@pytest.fixture
+def device_class(created: Created) -> str:
+    """A DeviceClass of its own selecting the ``dra.cpu`` driver's devices."""
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    created.post(
+        f"{RESOURCE}/deviceclasses",
+        {
+            "metadata": {"name": name},
+            "spec": {"selectors": [{"cel": {"expression": f'device.driver == "{DRIVER}"'}}]},
+        },
+    )
+    return name

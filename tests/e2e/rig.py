@@ -1,8 +1,9 @@
 """Where the real-component rig lives, and whether it is up.
 
 The rig (``just rig-up``; scripts in ``hack/rig/``) runs etcd, kube-apiserver, kube-scheduler,
-kube-controller-manager and containerd as plain processes on loopback and unix sockets, all under
-one state directory. This module is the single place tests learn those locations from; it mirrors
+kube-controller-manager, containerd and a real kubelet (the rig's node) as plain processes on
+loopback, the node's IP and unix sockets, all under one state directory. This module is the
+single place tests learn those locations from; it mirrors
 ``hack/rig/lib.sh`` (keep the two in step). It reads nothing but files and does no I/O at import.
 
 Tests that need a second kube-apiserver (for example with a feature gate turned off) build its
@@ -154,6 +155,45 @@ class Rig:
         rig-down removes it. Pod sandboxes use ``/<cgroup_parent>/pod<uid>`` (cgroupfs)."""
         return "dracpu-rig"
 
+    # --- the kubelet -------------------------------------------------------------------------
+    @property
+    def kubelet_root(self) -> Path:
+        """The kubelet's ``--root-dir`` (it bind-mounts it onto itself)."""
+        return self.state_dir / "kubelet"
+
+    @property
+    def plugins_registry(self) -> Path:
+        """The directory the kubelet's plugin watcher watches for ``<driver>-reg.sock``."""
+        return self.kubelet_root / "plugins_registry"
+
+    @property
+    def kubelet_log(self) -> Path:
+        return self.log_file("kubelet")
+
+    @property
+    def pod_logs_dir(self) -> Path:
+        """The kubelet's ``podLogsDir`` (``<ns>_<pod>_<uid>/<container>/<n>.log``)."""
+        return self.state_dir / "pod-logs"
+
+    @property
+    def node_ip(self) -> str:
+        """The node's InternalIP, written by rig-up (the kubelet serves on it)."""
+        return (self.state_dir / "node-ip").read_text().strip()
+
+    @property
+    def node_cert(self) -> Path:
+        """The kubelet's client cert: ``CN=system:node:<node>``, ``O=system:nodes``."""
+        return self.pki_dir / f"node-{self.node_name}.crt"
+
+    @property
+    def node_key(self) -> Path:
+        return self.pki_dir / f"node-{self.node_name}.key"
+
+    @property
+    def kubelet_script(self) -> Path:
+        """``hack/rig/kubelet.sh start|stop|restart`` (returns once healthz answers)."""
+        return HACK_DIR / "kubelet.sh"
+
     def binary(self, name: str) -> Path:
         """Path of a rig binary (``kube-apiserver``, ``etcd``, ``containerd``, ``ctr`` ...)."""
         return self.bin_dir / name
@@ -191,7 +231,7 @@ RIG_COMPONENTS = (
     "kube-scheduler",
     "kube-controller-manager",
     "containerd",
-    "node-heartbeat",
+    "kubelet",
 )
 
 
@@ -273,8 +313,21 @@ def _apiserver_base_argv(
 
 
 def main_apiserver_argv(rig: Rig, gates: Mapping[str, bool]) -> list[str]:
-    """Command line of the rig's own kube-apiserver (used by hack/rig/up.sh)."""
-    return _apiserver_base_argv(rig, rig.apiserver_port, rig.etcd_prefix, gates)
+    """Command line of the rig's own kube-apiserver (used by hack/rig/up.sh).
+
+    On top of the shared flags: NodeRestriction (the kubelet writes only its own Node and pods),
+    and the path to the kubelet for pod logs: the node's InternalIP (the node name does not
+    resolve here), the apiserver's client cert, and the rig CA for the kubelet's serving cert.
+    """
+    pki = rig.pki_dir
+    return [
+        *_apiserver_base_argv(rig, rig.apiserver_port, rig.etcd_prefix, gates),
+        "--enable-admission-plugins=NodeRestriction",
+        "--kubelet-preferred-address-types=InternalIP",
+        f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+        f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+        f"--kubelet-certificate-authority={rig.ca_cert}",
+    ]
 
 
 def apiserver_argv(

@@ -1,26 +1,40 @@
-"""The NRI plugin against the rig's real containerd (NRI v0.12 inside containerd 2.3).
+"""The NRI plugin against the rig's real containerd (NRI v0.12 inside containerd 2.3), with the
+pod run by the real kubelet.
 
-A container created through CRI (grpcio, like the kubelet) with a CDI device that injects
-``DRA_CPUSET_<claim>`` (what dracpu's prepare writes) gets the plugin's cpuset adjustment,
-and a later Runtime/UpdateContainers from the plugin moves a running container's cpuset. The
-CRI calls are blocking grpcio calls, so they run in a worker thread while the plugin answers
+A pod with a claim is prepared by the test DRA driver, whose CDI device injects
+``DRA_CPUSET_<claim>=<allocated CPUs>`` (what dracpu's prepare writes). The kubelet asks
+containerd for the container with that CDI device; the NRI plugin sees the variable at
+CreateContainer and pins the container to those CPUs (the kubelet, with ``cpuManagerPolicy:
+none``, sets no cpuset of its own). A later Runtime/UpdateContainers from the plugin moves the
+running container's cpuset. Blocking API calls run in a worker thread while the plugin answers
 NRI requests in the trio loop.
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 
 from dracpu.nri import Backoff, NriPlugin
-from tests.e2e.node_agent import NodeAgent, RunningPod, wait_for
+from tests.e2e.dra_driver import DraDriver
+from tests.e2e.kube import (
+    Created,
+    cgroup_cpuset,
+    claim,
+    claim_pod,
+    container_id,
+    container_process,
+    node_slices,
+    wait_for,
+    wait_running,
+)
 from tests.e2e.rig import Rig
 from tests.nri.recording_handler import RecordingHandler, cpu_update
 
@@ -46,79 +60,53 @@ async def plugin(rig: Rig) -> AsyncIterator[tuple[NriPlugin, RecordingHandler]]:
         nursery.cancel_scope.cancel()
 
 
-def _pod() -> dict[str, object]:
-    name = f"nri-{uuid.uuid4().hex[:8]}"
-    return {
-        "metadata": {"name": name, "namespace": "nri-e2e", "uid": str(uuid.uuid4())},
-        "spec": {"containers": [{"name": "c", "command": ["sleep", "3600"]}]},
-    }
-
-
-@pytest.fixture
-def cdi_device(rig: Rig) -> Iterator[tuple[str, str]]:
-    """A CDI device injecting ``DRA_CPUSET_<claim>=<last allowed CPU>``, as the driver's would.
-
-    Yields (CDI device id, cpus). containerd applies CDI edits before NRI's CreateContainer, so
-    the plugin finds the variable in ``container.env``.
-    """
-    tag = uuid.uuid4().hex[:8]
-    cpus = str(sorted(os.sched_getaffinity(0))[-1])
-    kind = f"nri{tag}.dracpu.dev/cpu"
-    spec_file = rig.cdi_dir / f"nri-{tag}.json"
-    spec = {
-        "cdiVersion": "0.6.0",
-        "kind": kind,
-        "devices": [{"name": "claim", "containerEdits": {"env": [f"DRA_CPUSET_{tag}={cpus}"]}}],
-    }
-    spec_file.write_text(json.dumps(spec))
-    try:
-        yield f"{kind}=claim", cpus
-    finally:
-        spec_file.unlink()
-
-
-async def test_cri_container_gets_the_nri_cpuset(
-    node_agent: NodeAgent,
+async def test_kubelet_container_gets_the_nri_cpuset(
+    rig: Rig,
+    kube: httpx.Client,
+    dra_driver: DraDriver,
+    created: Created,
+    device_class: str,
     plugin: tuple[NriPlugin, RecordingHandler],
-    cdi_device: tuple[str, str],
 ) -> None:
     nri, handler = plugin
-    device, last = cdi_device
-    first = str(min(os.sched_getaffinity(0)))
     assert nri.runtime is not None
     assert nri.runtime.name == "containerd"
-    running: RunningPod | None = None
-    try:
-        with trio.fail_after(120):
-            running = await trio.to_thread.run_sync(
-                functools.partial(
-                    node_agent.start_cri_pod, _pod(), cdi_by_container={"c": [device]}
-                )
-            )
-            report = (await trio.to_thread.run_sync(node_agent.report, running))["c"]
-            cid = running.containers["c"]
-            assert ("create", cid) in handler.calls
-            assert ("START_CONTAINER", cid) in handler.calls
-            # No cpuset came from CRI: the pin is the NRI adjustment alone.
-            assert report.cpus_allowed_list == last
-            assert report.cgroup_cpuset == last
+    run = trio.to_thread.run_sync
+    await run(wait_for, "published slice", lambda: node_slices(kube, rig), 20)
+    tag = uuid.uuid4().hex[:8]
+    uid = (await run(claim, created, device_class, f"e2e-{tag}"))["metadata"]["uid"]
+    name = f"e2e-nri-{tag}"
+    await run(created.pod, claim_pod(rig, name, f"e2e-{tag}"))
+    pod = await run(wait_running, kube, "default", name)
+    cid = container_id(pod, "main")
+    (prepared,) = [c for c in dra_driver.calls("prepare") if c["uid"] == uid]
+    mine = prepared["cpus"]
+    assert ("create", cid) in handler.calls
+    assert ("START_CONTAINER", cid) in handler.calls
+    # No cpuset came from the kubelet: the pin is the NRI adjustment alone.
+    proc = container_process(rig, pod, "main")
+    assert proc.cpus_allowed_list == mine
+    assert cgroup_cpuset(rig, pod, "main") == mine
 
-            await nri.update_containers([cpu_update(cid, first)])
-            await trio.to_thread.run_sync(
-                functools.partial(
-                    wait_for,
-                    "cpuset update through NRI",
-                    lambda: (
-                        Path(f"/proc/{report.pid}/status")
-                        .read_text()
-                        .count(f"Cpus_allowed_list:\t{first}\n")
-                    ),
-                    timeout=10,
-                )
-            )
-    finally:
-        if running is not None:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(node_agent.stop_pod, running)
+    other = str(min(set(os.sched_getaffinity(0)) - {int(mine)}, default=int(mine)))
+    await nri.update_containers([cpu_update(cid, other)])
+    await run(
+        functools.partial(
+            wait_for,
+            "cpuset update through NRI",
+            lambda: (
+                Path(f"/proc/{proc.pid}/status").read_text().count(f"Cpus_allowed_list:\t{other}\n")
+            ),
+            timeout=10,
+        )
+    )
+    await run(created.delete_pod, name)
     assert ("stop", cid) in handler.calls
-    assert ("REMOVE_CONTAINER", cid) in handler.calls
+    await run(
+        functools.partial(
+            wait_for,
+            "NRI RemoveContainer",
+            lambda: ("REMOVE_CONTAINER", cid) in handler.calls,
+            timeout=60,
+        )
+    )

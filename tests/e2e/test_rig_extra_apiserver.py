@@ -10,7 +10,7 @@ import uuid
 import httpx
 import pytest
 
-from tests.e2e.node_agent import kube_client, wait_for
+from tests.e2e.kube import kube_client, wait_for
 from tests.e2e.rig import HACK_DIR, Rig, apiserver_ready
 
 pytestmark = pytest.mark.e2e

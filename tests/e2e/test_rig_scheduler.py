@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.node_agent import wait_for
+from tests.e2e.kube import wait_for
 from tests.e2e.rig import Rig
 
 pytestmark = pytest.mark.e2e
@@ -19,7 +19,8 @@ NS = "default"
 
 
 class Created:
-    """Objects created by a test, deleted (pods forcibly: there is no kubelet) at the end."""
+    """Objects created by a test, deleted at the end (pods forcibly: their claims name drivers
+    that no kubelet plugin serves, so the kubelet never runs them)."""
 
     def __init__(self, kube: httpx.Client) -> None:
         self.kube = kube

@@ -7,11 +7,20 @@ import pytest
 import trio
 
 from dracpu.nri import RpcStatusError
+from dracpu.nri.lazy import CreateRequestView
 from dracpu.nri.ttrpc import Code
 from generated.nri.pkg.api import v1alpha1 as api
 from tests.nri.inmemory import PLUGIN
 from tests.nri.recording_handler import RecordingHandler
 from tests.nri.test_connection import plugin_with_fake_runtime
+
+
+class LazyRecordingHandler(RecordingHandler):
+    """Takes the plugin's lazy CreateContainer path (dracpu.nri.lazy)."""
+
+    async def create_container_view(self, request: CreateRequestView) -> bytes:
+        self.calls.append(("create", request.container_id))
+        return b""
 
 
 def _create_request() -> bytes:
@@ -33,8 +42,11 @@ def _create_request() -> bytes:
     ],
     ids=lambda v: v if isinstance(v, str) else "",
 )
-async def test_malformed_create_container_is_invalid_argument(payload: bytes, why: str) -> None:
-    handler = RecordingHandler()
+@pytest.mark.parametrize("lazy", [False, True], ids=["betterproto2", "lazy"])
+async def test_malformed_create_container_is_invalid_argument(
+    payload: bytes, why: str, lazy: bool
+) -> None:
+    handler = LazyRecordingHandler() if lazy else RecordingHandler()
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
             _, runtime = await plugin_with_fake_runtime(nursery, handler)
