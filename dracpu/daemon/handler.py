@@ -162,9 +162,11 @@ class DaemonClaimHandler:
         asked = {c.uid: c for c in claims}
         for uid, o in applied.reply.results.items():
             ref = asked.get(uid)
+            # Only a well-formed reference names a metadata directory (no path tricks).
             if (
                 self.metadata is not None
                 and ref is not None
+                and not _bad_ref(ref)
                 and not isinstance(o, node.ClaimFailed)
             ):
                 try:

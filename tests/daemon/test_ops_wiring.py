@@ -276,3 +276,21 @@ async def test_claim_log_lines_carry_fields(
     assert lines
     assert getattr(lines[-1], "dracpu_fields", {}) == {"claim": "u9", "name": "ns/claim-u9"}
     r.scope.cancel()
+
+
+async def test_unprepare_of_a_malformed_reference_removes_no_metadata_outside(
+    nursery: trio.Nursery, env: tuple[Path, FakeApiServer]
+) -> None:
+    from dracpu.kubelet import handler as kh
+
+    root, fake = env
+    r = await start(nursery, root, fake)
+    victim = root / "kubelet" / "plugins" / "victim"
+    victim.mkdir(parents=True)
+    (root / "kubelet" / "plugins" / "dra.cpu" / "dra-device-metadata" / "ns_a").mkdir(parents=True)
+    # ns_a/.. is the metadata dir, then dra.cpu, then plugins: a path trick aimed at victim.
+    ref = kh.ClaimRef("ns", "a/../../../victim", "u1")
+    results = await r.daemon.handler().unprepare([ref])
+    assert victim.is_dir()
+    assert not isinstance(results["u1"], kh.ClaimFailed)
+    r.scope.cancel()
