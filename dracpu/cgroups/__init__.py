@@ -2,7 +2,14 @@
 
 from dracpu.cgroups.fallback import CgroupEnforcer, Pinned
 from dracpu.cgroups.layout import CgroupContainer, Driver, identify
-from dracpu.cgroups.tree import CgroupTree, CgroupTreeError, detect, read_environ
+from dracpu.cgroups.tree import (
+    CgroupTree,
+    CgroupTreeError,
+    HugetlbTree,
+    detect,
+    detect_hugetlb,
+    read_environ,
+)
 
 __all__ = [
     "CgroupContainer",
@@ -10,8 +17,10 @@ __all__ = [
     "CgroupTree",
     "CgroupTreeError",
     "Driver",
+    "HugetlbTree",
     "Pinned",
     "detect",
+    "detect_hugetlb",
     "identify",
     "read_environ",
 ]

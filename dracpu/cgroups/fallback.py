@@ -40,10 +40,11 @@ import trio
 
 from dracpu.cgroups import inotify
 from dracpu.cgroups.layout import CgroupContainer, identify, is_pod_dir, is_qos_dir
-from dracpu.cgroups.tree import PROCS, CgroupTree, CgroupTreeError, read_environ
+from dracpu.cgroups.tree import PROCS, CgroupTree, CgroupTreeError, HugetlbTree, read_environ
 from dracpu.core import node
 from dracpu.core.cdi import ENV_PREFIX
 from dracpu.core.cpuset import CpuSet
+from dracpu.core.memory_pinning import hugetlb_size_name
 from dracpu.core.pinning import ContainerInfo, ContainerUpdate, PodInfo
 from dracpu.nri.policy import Decider
 
@@ -91,8 +92,10 @@ class CgroupEnforcer:
         settle: float = 5.0,
         poll: float = 0.05,
         on_pinned: Callable[[Pinned], None] = lambda _: None,
+        hugetlb: HugetlbTree | None = None,
     ) -> None:
         self.tree = tree
+        self.hugetlb = hugetlb
         self.decider = decider
         self.proc = proc
         self.settle = settle
@@ -158,6 +161,7 @@ class CgroupEnforcer:
             seen = self._seen.get(update.container_id)
             if seen is not None:
                 self._write(seen, update.cpus)
+                self._write_memory(seen, update.mems, update.hugepage_limits)
 
     # ------------------------------------------------------------------ tree walking
 
@@ -263,6 +267,7 @@ class CgroupEnforcer:
             )
         if isinstance(reply, node.AdjustContainer):
             self._write(seen, reply.cpus)
+            self._write_memory(seen, reply.memory.mems_text, reply.memory.hugepage_limits)
             self.apply_updates(reply.updates)
         elif isinstance(reply, node.RejectContainer):
             _log.error("cgroup fallback: %s; its cpuset is left as it is", reply.reason)
@@ -282,6 +287,21 @@ class CgroupEnforcer:
             # else: the container is gone; its deletion event follows.
             return
         self.on_pinned(Pinned(seen.ident.container_id, cpus, time.monotonic() - seen.first_seen))
+
+    def _write_memory(
+        self, seen: _Seen, mems: str, hugepage_limits: tuple[tuple[int, int], ...]
+    ) -> None:
+        """Write ``cpuset.mems`` and, where a v2 hugetlb tree exists, ``hugetlb.<size>.max``."""
+        try:
+            if mems:
+                self.tree.write_mems(seen.path, mems)
+            if hugepage_limits and self.hugetlb is not None:
+                parts = self.tree.parts(seen.path)
+                for size, limit in hugepage_limits:
+                    self.hugetlb.write_limit(parts, hugetlb_size_name(size), limit)
+        except CgroupTreeError as exc:
+            if seen.path.exists():
+                _log.warning("cgroup fallback: %s", exc)
 
     # ------------------------------------------------------------------ loops
 

@@ -17,9 +17,17 @@ from dracpu.cgroups.layout import Driver
 from dracpu.core.cpuset import CpuSet
 from dracpu.errors import CpuSetParseError, DracpuError
 
-__all__ = ["CgroupTree", "CgroupTreeError", "detect", "read_environ"]
+__all__ = [
+    "CgroupTree",
+    "CgroupTreeError",
+    "HugetlbTree",
+    "detect",
+    "detect_hugetlb",
+    "read_environ",
+]
 
 CPUS = "cpuset.cpus"
+MEMS = "cpuset.mems"
 PROCS = "cgroup.procs"
 
 
@@ -59,12 +67,62 @@ class CgroupTree:
         except OSError as exc:
             raise CgroupTreeError(f"{cgroup / CPUS}: cannot write {cpus}: {exc}") from exc
 
+    def write_mems(self, cgroup: Path, mems: str) -> None:
+        """Set the cgroup's ``cpuset.mems`` (a NUMA node list); raises :class:`CgroupTreeError`
+        naming the file."""
+        _write(cgroup / MEMS, mems)
+
     def pids(self, cgroup: Path) -> list[int]:
         """The processes in the cgroup (empty when gone or unreadable)."""
         try:
             return [int(x) for x in (cgroup / PROCS).read_text().split()]
         except (OSError, ValueError):
             return []
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, text.encode())
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise CgroupTreeError(f"{path}: cannot write {text!r}: {exc}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class HugetlbTree:
+    """The kubelet's root cgroup directory in a cgroup v2 hierarchy offering ``hugetlb``: the
+    unified mount itself, or ``<mount>/unified`` on a hybrid host (where cpuset is v1). A
+    container's directory has the same components below it as in the cpuset tree."""
+
+    root: Path
+
+    def write_limit(self, parts: tuple[str, ...], size_name: str, limit: int) -> None:
+        """Set ``hugetlb.<size>.max`` of the container at ``parts`` below the root; raises
+        :class:`CgroupTreeError` naming the file."""
+        _write(self.root.joinpath(*parts) / f"hugetlb.{size_name}.max", str(limit))
+
+
+def detect_hugetlb(
+    mount: Path = Path("/sys/fs/cgroup"),
+    driver: Driver = Driver.CGROUPFS,
+    kubelet_cgroup_root: str = "/",
+) -> HugetlbTree | None:
+    """The kubelet's tree in the v2 hierarchy with the hugetlb controller (``mount`` or
+    ``mount/unified``), or None when there is none (hugetlb limits then are not enforced by
+    the fallback)."""
+    name = "kubepods" if driver is Driver.CGROUPFS else "kubepods.slice"
+    name = str(Path(kubelet_cgroup_root.strip("/")) / name)
+    for base in (mount, mount / "unified"):
+        try:
+            offered = (base / "cgroup.controllers").read_text().split()
+        except OSError:
+            continue
+        if "hugetlb" in offered and (base / name).is_dir():
+            return HugetlbTree(base / name)
+    return None
 
 
 def read_environ(pid: int, proc: Path = Path("/proc")) -> tuple[str, ...] | None:

@@ -36,6 +36,20 @@ from dracpu.core.allocator import AllocationOptions, allocate
 from dracpu.core.cdi import ENV_PREFIX, CpusetEnvError, cdi_device_id, env_entry, parse_env
 from dracpu.core.claims import Claim, ClaimRef, DeviceResult
 from dracpu.core.cpuset import CpuSet
+from dracpu.core.memory_pinning import ContainerMemory, MemoryRejected, memory_of
+from dracpu.core.memory_prepare import (
+    AllocatedMemory,
+    MemoryAssignment,
+    MemoryClaimError,
+    assignment_from_json,
+    assignment_to_json,
+    memory_env,
+    prepare_memory,
+)
+from dracpu.core.memory_prepare import (
+    cdi_device_id as memory_cdi_device_id,
+)
+from dracpu.core.memory_slices import MemoryDevice
 from dracpu.core.names import DRIVER_NAME as DRIVER
 from dracpu.core.pinning import (
     ContainerInfo,
@@ -68,15 +82,19 @@ __all__ = [
     "Effect",
     "Event",
     "KnownContainer",
+    "MemoryPrepared",
     "NodeConfig",
     "NodeState",
     "PodInfo",
     "Prepare",
+    "PrepareMemory",
     "PrepareOutcome",
     "PreparedClaim",
     "RejectContainer",
     "RemoveCdiSpec",
+    "RemoveMemoryCdiSpec",
     "ReplyPrepare",
+    "ReplyPrepareMemory",
     "ReplySynchronize",
     "ReplyUnprepare",
     "ReplyUpdate",
@@ -85,11 +103,13 @@ __all__ = [
     "RuntimeSynchronized",
     "TopologyChanged",
     "Unprepare",
+    "UnprepareMemory",
     "UnprepareOutcome",
     "UpdateContainers",
     "WriteCdiSpec",
     "WriteCheckpoint",
     "WriteClaimStatus",
+    "WriteMemoryCdiSpec",
     "claim_status_devices",
     "restore",
     "snapshot",
@@ -110,6 +130,10 @@ class NodeConfig:
     reserved: CpuSet = CpuSet()  # noqa: RUF009 (immutable value)
     defaults: AllocationOptions = AllocationOptions()  # noqa: RUF009 (immutable value)
     driver: str = DRIVER
+    memory_devices: tuple[MemoryDevice, ...] = ()
+    """The ``dra.memory`` devices published in ``pool`` (empty: the memory driver is off)."""
+    bind_memory_to_cpus: bool = False
+    """Give containers with exclusive CPUs and no memory claim their CPUs' NUMA nodes as mems."""
 
     def slice_options(self, *, expose_pcie_roots: bool = False) -> SliceOptions:
         """The slice model's options for the same node."""
@@ -154,6 +178,7 @@ class KnownContainer:
     info: ContainerInfo
     claims: tuple[str, ...]
     cpus: CpuSet
+    memory: ContainerMemory = ContainerMemory()  # noqa: RUF009 (immutable value)
 
     @property
     def exclusive(self) -> bool:
@@ -177,6 +202,8 @@ class NodeState:
     containers: Mapping[str, KnownContainer] = field(default_factory=dict)
     owners: Mapping[str, Owner] = field(default_factory=dict)
     held: CpuSet = CpuSet()  # noqa: RUF009 (immutable value)
+    memory: Mapping[str, MemoryAssignment] = field(default_factory=dict)
+    """Prepared ``dra.memory`` claims by UID (checkpointed with the CPU claims)."""
     # (containers, pool) when every shared container in exactly that ``containers`` mapping is
     # known to run on that pool, so an exclusive creation need not scan them all. Bound to the
     # mapping's identity: every transition that changes containers builds a new mapping, which
@@ -196,8 +223,9 @@ class NodeState:
         topology: Topology,
         config: NodeConfig,
         claims: Iterable[PreparedClaim] = (),
+        memory: Iterable[MemoryAssignment] = (),
     ) -> NodeState:
-        """A state with no containers, holding ``claims`` (e.g. from a checkpoint).
+        """A state with no containers, holding ``claims`` and ``memory`` (e.g. a checkpoint).
 
         Raises :class:`InvalidValueError` when two claims share a CPU.
         """
@@ -218,6 +246,7 @@ class NodeState:
             devices=_devices(topology, config),
             claims=by_uid,
             held=held,
+            memory={m.claim_uid: m for m in memory},
         )
 
     @property
@@ -309,9 +338,30 @@ class TopologyChanged:
     topology: Topology
 
 
+@dataclass(frozen=True, slots=True)
+class PrepareMemory:
+    """A kubelet NodePrepareResources batch for driver ``dra.memory``.
+
+    ``fetched`` maps each UID to the claim's ``dra.memory`` allocation results in this pool, or
+    to the message of why the claim could not be fetched or read.
+    """
+
+    claims: tuple[ClaimRef, ...]
+    fetched: Mapping[str, tuple[AllocatedMemory, ...] | str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class UnprepareMemory:
+    """A kubelet NodeUnprepareResources batch for driver ``dra.memory``."""
+
+    claims: tuple[ClaimRef, ...]
+
+
 Event = (
     Prepare
     | Unprepare
+    | PrepareMemory
+    | UnprepareMemory
     | ContainerCreated
     | ContainerUpdating
     | ContainerRemoved
@@ -343,7 +393,16 @@ class ClaimFailed:
     error: str
 
 
+@dataclass(frozen=True, slots=True)
+class MemoryPrepared:
+    """The ``dra.memory`` claim is prepared; ``cdi_device_ids`` go to the kubelet."""
+
+    assignment: MemoryAssignment
+    cdi_device_ids: tuple[str, ...] = ()
+
+
 PrepareOutcome = ClaimPrepared | ClaimFailed
+MemoryPrepareOutcome = MemoryPrepared | ClaimFailed
 UnprepareOutcome = ClaimUnprepared | ClaimFailed
 
 
@@ -372,6 +431,22 @@ class WriteCdiSpec:
 @dataclass(frozen=True, slots=True)
 class RemoveCdiSpec:
     """Remove a claim's CDI spec; a missing file is fine."""
+
+    claim_uid: str
+
+
+@dataclass(frozen=True, slots=True)
+class WriteMemoryCdiSpec:
+    """Write (atomically, overwriting) the ``dra.k8s.io/memory`` CDI spec of a claim: one
+    device ``claim-<uid>`` whose env is ``env`` (:func:`memory_env`)."""
+
+    claim_uid: str
+    env: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveMemoryCdiSpec:
+    """Remove a claim's ``dra.k8s.io/memory`` CDI spec; a missing file is fine."""
 
     claim_uid: str
 
@@ -416,6 +491,13 @@ class ReplyPrepare:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplyPrepareMemory:
+    """The answer to a PrepareMemory: one outcome per requested claim UID."""
+
+    results: Mapping[str, MemoryPrepareOutcome]
+
+
+@dataclass(frozen=True, slots=True)
 class ReplyUnprepare:
     """The answer to an Unprepare: one outcome per requested claim UID."""
 
@@ -431,6 +513,7 @@ class AdjustContainer:
     container_id: str
     cpus: CpuSet
     updates: tuple[ContainerUpdate, ...] = ()
+    memory: ContainerMemory = ContainerMemory()  # noqa: RUF009 (immutable value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -459,11 +542,14 @@ Effect = (
     WriteCheckpoint
     | WriteCdiSpec
     | RemoveCdiSpec
+    | WriteMemoryCdiSpec
+    | RemoveMemoryCdiSpec
     | WriteClaimStatus
     | UpdateContainers
     | RepublishSlices
     | ReportOfflineClaims
     | ReplyPrepare
+    | ReplyPrepareMemory
     | ReplyUnprepare
     | AdjustContainer
     | RejectContainer
@@ -483,6 +569,10 @@ def step(state: NodeState, event: Event) -> tuple[NodeState, tuple[Effect, ...]]
         return _prepare(state, event)
     if isinstance(event, Unprepare):
         return _unprepare(state, event)
+    if isinstance(event, PrepareMemory):
+        return _prepare_memory(state, event)
+    if isinstance(event, UnprepareMemory):
+        return _unprepare_memory(state, event)
     if isinstance(event, ContainerCreated):
         return _container_created(state, event.container)
     if isinstance(event, ContainerUpdating):
@@ -762,25 +852,32 @@ def _container_created(
     decision = decide(state, container)
     if isinstance(decision, Rejected):
         return state, (RejectContainer(container.id, decision.reason),)
+    memory = memory_of(state, container, decision.cpus if isinstance(decision, Exclusive) else None)
+    if isinstance(memory, MemoryRejected):
+        return state, (RejectContainer(container.id, memory.reason),)
     pool = shared_pool(state)  # a container's creation never changes the pool
     synced = state.shared_on_pool(pool)
     containers = dict(state.containers)
     if isinstance(decision, Shared):
-        containers[container.id] = KnownContainer(container, (), decision.cpus)
+        containers[container.id] = KnownContainer(container, (), decision.cpus, memory)
         stamp = (containers, pool) if synced and decision.cpus == pool else None
         after = dataclasses.replace(state, containers=containers, pool_stamp=stamp)
-        return after, (AdjustContainer(container.id, decision.cpus),)
+        return after, (AdjustContainer(container.id, decision.cpus, memory=memory),)
     assert isinstance(decision, Exclusive)
     owners = dict(state.owners)
     for uid in decision.claims:
         owners[uid] = Owner(container.pod.uid, container.name, container.kind)
-    containers[container.id] = KnownContainer(container, decision.claims, decision.cpus)
+    containers[container.id] = KnownContainer(container, decision.claims, decision.cpus, memory)
     after = dataclasses.replace(state, containers=containers, owners=owners, pool_stamp=None)
     # O(changed): with every shared container already on the pool there is nothing to scan.
     updates = () if synced else shared_updates(after, exclude=container.id)
     after = _record_updates(after, updates) if updates else after
     after = dataclasses.replace(after, pool_stamp=(after.containers, pool) if pool else None)
-    return after, (AdjustContainer(container.id, decision.cpus, updates),)
+    return after, (AdjustContainer(container.id, decision.cpus, updates, memory),)
+
+
+def _own_update(container_id: str, cpus: CpuSet, memory: ContainerMemory) -> ContainerUpdate:
+    return ContainerUpdate(container_id, cpus, memory.mems_text, memory.hugepage_limits)
 
 
 def _container_updating(
@@ -788,12 +885,12 @@ def _container_updating(
 ) -> tuple[NodeState, tuple[Effect, ...]]:
     known = state.containers.get(container.id)
     if known is not None:
-        return state, (ReplyUpdate((ContainerUpdate(container.id, known.cpus),)),)
+        return state, (ReplyUpdate((_own_update(container.id, known.cpus, known.memory),)),)
     # Not seen before (created while we were away): place it as a creation would, quietly.
     after, effects = _container_created(state, container)
     reply = effects[0]
     if isinstance(reply, AdjustContainer):
-        own = ContainerUpdate(container.id, reply.cpus)
+        own = _own_update(container.id, reply.cpus, reply.memory)
         return after, (ReplyUpdate((own, *reply.updates)),)
     return state, (ReplyUpdate(()),)
 
@@ -839,17 +936,22 @@ def _synchronized(
     ordered = sorted(containers, key=lambda c: (not _has_claim_env(c), c.pod.uid, c.name, c.id))
     for container in ordered:
         decision = decide(current, container)
+        exclusive = decision.cpus if isinstance(decision, Exclusive) else None
+        memory = memory_of(current, container, exclusive)
+        if isinstance(memory, MemoryRejected):
+            memory = ContainerMemory()  # Forged memory env: leave its memory as it is.
         if isinstance(decision, Exclusive):
             for uid in decision.claims:
                 owners[uid] = Owner(container.pod.uid, container.name, container.kind)
-            known[container.id] = KnownContainer(container, decision.claims, decision.cpus)
+            known[container.id] = KnownContainer(container, decision.claims, decision.cpus, memory)
         else:
             # Shared, or rejected (forged env, second consumer): it runs on the pool.
             pool = shared_pool(current)
-            known[container.id] = KnownContainer(container, (), pool)
+            known[container.id] = KnownContainer(container, (), pool, memory)
         cpus = known[container.id].cpus
-        if container.cpus != cpus and cpus:
-            updates.append(ContainerUpdate(container.id, cpus))
+        if cpus and (container.cpus != cpus or memory.mems or memory.hugepage_limits):
+            # The runtime does not report mems or hugetlb limits: re-assert them.
+            updates.append(_own_update(container.id, cpus, memory))
         current = dataclasses.replace(current, containers=dict(known), owners=dict(owners))
     effects: list[Effect] = []
     if adopted:
@@ -864,6 +966,61 @@ def _synchronized(
 
 def _has_claim_env(container: ContainerInfo) -> bool:
     return any(e.startswith(ENV_PREFIX) for e in container.env)
+
+
+def _prepare_memory(state: NodeState, event: PrepareMemory) -> tuple[NodeState, tuple[Effect, ...]]:
+    held = dict(state.memory)
+    results: dict[str, MemoryPrepareOutcome] = {}
+    new: list[MemoryAssignment] = []
+    ready: list[MemoryAssignment] = []
+    for ref in event.claims:
+        fetched = event.fetched.get(ref.uid)
+        if fetched is None:
+            results[ref.uid] = ClaimFailed(f"ResourceClaim {ref}: not found")
+            continue
+        if isinstance(fetched, str):
+            results[ref.uid] = ClaimFailed(fetched)
+            continue
+        try:
+            assignment = prepare_memory(
+                ref.uid, fetched, state.config.memory_devices, held, pool=state.config.pool
+            )
+        except MemoryClaimError as exc:
+            results[ref.uid] = ClaimFailed(f"ResourceClaim {ref}: {exc}")
+            continue
+        if not assignment.grants:
+            # No result of the memory driver: nothing to hold, nothing to inject.
+            results[ref.uid] = MemoryPrepared(assignment)
+            continue
+        if ref.uid not in held:
+            held[ref.uid] = assignment
+            new.append(assignment)
+        ready.append(assignment)
+        results[ref.uid] = MemoryPrepared(assignment, (memory_cdi_device_id(ref.uid),))
+    after = dataclasses.replace(state, memory=held) if new else state
+    effects: list[Effect] = []
+    if new:
+        effects.append(WriteCheckpoint(after))
+    effects.extend(WriteMemoryCdiSpec(a.claim_uid, tuple(memory_env(a))) for a in ready)
+    effects.append(ReplyPrepareMemory(results))
+    return after, tuple(effects)
+
+
+def _unprepare_memory(
+    state: NodeState, event: UnprepareMemory
+) -> tuple[NodeState, tuple[Effect, ...]]:
+    held = dict(state.memory)
+    for ref in event.claims:
+        held.pop(ref.uid, None)
+    effects: list[Effect] = []
+    after = state
+    if len(held) != len(state.memory):
+        after = dataclasses.replace(state, memory=held)
+        effects.append(WriteCheckpoint(after))
+    # Removing the spec of a claim we do not know is harmless and clears leftovers.
+    effects.extend(RemoveMemoryCdiSpec(ref.uid) for ref in event.claims)
+    effects.append(ReplyUnprepare({ref.uid: ClaimUnprepared() for ref in event.claims}))
+    return after, tuple(effects)
 
 
 def _topology_changed(state: NodeState, topology: Topology) -> tuple[NodeState, tuple[Effect, ...]]:
@@ -918,6 +1075,7 @@ def snapshot(state: NodeState) -> dict[str, Any]:
             }
             for _, c in sorted(state.claims.items())
         ],
+        "memory": [assignment_to_json(a) for _, a in sorted(state.memory.items())],
     }
 
 
@@ -958,4 +1116,12 @@ def restore(payload: Mapping[str, Any], topology: Topology, config: NodeConfig) 
                 f"malformed claim entry ({exc!r})", value=entry, origin=where
             ) from exc
         claims.append(claim)
-    return NodeState.initial(topology, config, claims)
+    # Checkpoints written before the memory driver have no "memory" section: none held.
+    raw_memory = payload.get("memory", [])
+    if not isinstance(raw_memory, list):
+        raise InvalidValueError("'memory' is not a list", value=raw_memory, origin=origin)
+    memory = [
+        assignment_from_json(entry, origin=f"{origin} memory[{index}]")
+        for index, entry in enumerate(raw_memory)
+    ]
+    return NodeState.initial(topology, config, claims, memory)

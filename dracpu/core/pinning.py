@@ -100,10 +100,13 @@ class Owner:
 
 @dataclass(frozen=True, slots=True)
 class ContainerUpdate:
-    """Set a running container's cpuset."""
+    """Set a running container's cpuset; ``mems`` / ``hugepage_limits`` too when not empty
+    (see :class:`dracpu.core.memory_pinning.ContainerMemory`)."""
 
     container_id: str
     cpus: CpuSet
+    mems: str = ""
+    hugepage_limits: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -90,6 +90,8 @@ class RunConfig:
     distribute_across_numa: bool = False
     strategy: Strategy = Strategy.PACKED
     release_grace_period: float = 60.0
+    memory_driver: bool = False
+    bind_memory_to_cpus: bool = False
     device_metadata: bool = True
 
     @property
@@ -321,6 +323,24 @@ FIELDS: tuple[Field, ...] = (
         "release_grace_period",
         _seconds,
         "seconds after start before claims missing from the API are released",
+        text=False,
+    ),
+    Field(
+        "enableMemoryDriver",
+        "--memory-driver",
+        "memory_driver",
+        _boolean,
+        "also publish memory and hugepages as driver dra.memory (second kubelet plugin)",
+        is_bool=True,
+        text=False,
+    ),
+    Field(
+        "bindMemoryToCPUs",
+        "--bind-memory-to-cpus",
+        "bind_memory_to_cpus",
+        _boolean,
+        "give containers with exclusive CPUs and no memory claim their CPUs' NUMA nodes as mems",
+        is_bool=True,
         text=False,
     ),
     Field(

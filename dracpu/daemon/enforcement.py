@@ -23,7 +23,7 @@ from typing import NoReturn
 import trio
 
 from dracpu.backoff import Backoff
-from dracpu.cgroups import CgroupEnforcer, CgroupTreeError, Driver, detect
+from dracpu.cgroups import CgroupEnforcer, CgroupTreeError, Driver, detect, detect_hugetlb
 from dracpu.core import node
 from dracpu.daemon.config import EnforcementMode
 from dracpu.daemon.owner import Owner
@@ -135,7 +135,10 @@ class Enforcement:
             _log.info(
                 "NRI unavailable: enforcing through cgroup v%d at %s", tree.version, tree.root
             )
-            enforcer = CgroupEnforcer(tree, self.decider)
+            hugetlb = detect_hugetlb(
+                self.cgroup_mount, self.cgroup_driver, self.kubelet_cgroup_root
+            )
+            enforcer = CgroupEnforcer(tree, self.decider, hugetlb=hugetlb)
             async with trio.open_nursery() as nursery:
                 await nursery.start(enforcer.run)
                 self.fallback = enforcer

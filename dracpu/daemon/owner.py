@@ -36,6 +36,7 @@ from dracpu.cdi import CdiDir
 from dracpu.checkpoint import CheckpointStore
 from dracpu.core import node
 from dracpu.errors import DracpuError
+from dracpu.memory_cdi import MemoryCdiDir
 
 __all__ = ["CRASH_EXIT_STATUS", "CRASH_POINTS", "Applied", "EffectTimes", "Owner"]
 
@@ -46,6 +47,7 @@ CRASH_EXIT_STATUS = 86
 
 Reply = (
     node.ReplyPrepare
+    | node.ReplyPrepareMemory
     | node.ReplyUnprepare
     | node.AdjustContainer
     | node.RejectContainer
@@ -94,6 +96,7 @@ class Owner:
         on_republish: Callable[[node.NodeState], None] = lambda _: None,
         on_containers: Callable[[node.Effect], None] = lambda _: None,
         crash_at: str | None = None,
+        memory_cdi: MemoryCdiDir | None = None,
         queue: int = 256,
         max_group: int = 128,
     ) -> None:
@@ -102,6 +105,7 @@ class Owner:
         self._state = state
         self.checkpoint = checkpoint
         self.cdi = cdi
+        self.memory_cdi = memory_cdi or MemoryCdiDir(cdi.root)
         self.on_claim_status = on_claim_status
         self.on_republish = on_republish
         self.on_containers = on_containers
@@ -225,13 +229,23 @@ class Owner:
             self.times.by_kind[kind] = self.times.by_kind.get(kind, 0) + 1
             if isinstance(effect, node.WriteCheckpoint):
                 continue  # Written once for the whole group before any other effect.
-            if isinstance(effect, node.WriteCdiSpec | node.RemoveCdiSpec):
+            if isinstance(
+                effect,
+                node.WriteCdiSpec
+                | node.RemoveCdiSpec
+                | node.WriteMemoryCdiSpec
+                | node.RemoveMemoryCdiSpec,
+            ):
                 t0 = time.perf_counter()
                 try:
                     if isinstance(effect, node.WriteCdiSpec):
                         self.cdi.write(effect.claim_uid, effect.cpus)
-                    else:
+                    elif isinstance(effect, node.RemoveCdiSpec):
                         self.cdi.remove(effect.claim_uid)
+                    elif isinstance(effect, node.WriteMemoryCdiSpec):
+                        self.memory_cdi.write(effect.claim_uid, effect.env)
+                    else:
+                        self.memory_cdi.remove(effect.claim_uid)
                 except DracpuError as exc:
                     _log.error("%s", exc)
                     cdi_failed[effect.claim_uid] = str(exc)
@@ -272,6 +286,12 @@ def _with_cdi_failures(reply: Reply, failed: Mapping[str, str]) -> Reply:
             if uid in prepared:
                 prepared[uid] = node.ClaimFailed(error)
         return dataclasses.replace(reply, results=prepared)
+    if isinstance(reply, node.ReplyPrepareMemory):
+        memory: dict[str, node.MemoryPrepareOutcome] = dict(reply.results)
+        for uid, error in failed.items():
+            if uid in memory:
+                memory[uid] = node.ClaimFailed(error)
+        return dataclasses.replace(reply, results=memory)
     if isinstance(reply, node.ReplyUnprepare):
         unprepared: dict[str, node.UnprepareOutcome] = dict(reply.results)
         for uid, error in failed.items():

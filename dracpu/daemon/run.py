@@ -44,6 +44,9 @@ from dracpu.checkpoint import CheckpointStore, CheckpointVersionError
 from dracpu.core import node
 from dracpu.core.claims import ClaimRef
 from dracpu.core.cpuset import CpuSet
+from dracpu.core.memory_prepare import memory_env
+from dracpu.core.memory_slices import MemoryDevice, MemorySliceOptions
+from dracpu.core.memory_slices import memory_devices as memory_devices_of
 from dracpu.core.slices import build_slice_specs
 from dracpu.core.topology import Topology
 from dracpu.daemon.claim_status import ClaimStatusWriter
@@ -51,6 +54,7 @@ from dracpu.daemon.config import RunConfig, node_name
 from dracpu.daemon.enforcement import Enforcement
 from dracpu.daemon.handler import DaemonClaimHandler
 from dracpu.daemon.health import NodeHealth, device_health, node_health
+from dracpu.daemon.memory import MEMORY_DRIVER, MemoryDriver
 from dracpu.daemon.metadata import MetadataWriter
 from dracpu.daemon.owner import Owner
 from dracpu.daemon.status import serve_status, status_document
@@ -68,9 +72,11 @@ from dracpu.kubelet import (
     serve_kubelet_plugin,
 )
 from dracpu.logs import LogFormat, RecentLines, configure_logging
+from dracpu.memory_cdi import MemoryCdiDir
 from dracpu.ops.http import Endpoint, HealthPart, serve_endpoint
 from dracpu.ops.metrics import AllocationCounts, DriverMetrics
 from dracpu.sysfs import read_topology
+from dracpu.sysfs_memory import read_memory
 from dracpu.uevents import Uevent, cpu_events, deliver_batches, open_uevent_socket
 
 __all__ = ["EXIT_FAILED", "STOP_GRACE", "Daemon", "load_state", "main", "run_daemon"]
@@ -80,6 +86,7 @@ _log = logging.getLogger("dracpu.daemon")
 EXIT_FAILED = 1
 STOP_GRACE = 30.0
 GROUP_BACKOFF = Backoff(initial=1.0, maximum=60.0)
+ENDPOINT_BACKOFF = Backoff(initial=1.0, maximum=30.0)
 HEALTHY_RUN = 60.0
 """A group that ran this long without failing starts its next backoff from the beginning."""
 
@@ -153,6 +160,8 @@ class Daemon:
     timeline: dict[str, float] = field(default_factory=dict)
     plugin_config: KubeletPluginConfig | None = None
     enforcement: Enforcement | None = None
+    memory: MemoryDriver | None = None
+    """The ``dra.memory`` driver, when ``--memory-driver`` is on."""
     metrics: DriverMetrics = field(default_factory=DriverMetrics)
     recent_logs: RecentLines | None = None
     """The last log lines, served at ``/logs`` (set by :func:`main`)."""
@@ -292,15 +301,35 @@ class Daemon:
         recent = self.recent_logs
         return recent.text() if recent is not None else "(no log lines kept in this process)\n"
 
-    async def _serve_http(self) -> None:
-        async with trio.open_nursery() as nursery:
-            bound = await nursery.start(
-                lambda task_status: serve_endpoint(
-                    self.endpoint(), self.config.bind_address, task_status=task_status
-                )
+    async def _serve_http(self) -> NoReturn:
+        """Serve the HTTP endpoint. An address that cannot be bound (port taken) is retried
+        with backoff here, logged, without failing the group: the kubelet plugin and the
+        slices matter more than the probes. Cancellation closes the listener."""
+        retries = ENDPOINT_BACKOFF.counter()
+        while True:
+            failure: OSError | None = None
+            try:
+                async with trio.open_nursery() as nursery:
+                    bound = await nursery.start(
+                        lambda task_status: serve_endpoint(
+                            self.endpoint(), self.config.bind_address, task_status=task_status
+                        )
+                    )
+                    self.endpoint_addresses[:] = bound
+                    _log.info("HTTP endpoint on %s", ", ".join(bound))
+            except* OSError as group:
+                failure = next(e for e in _leaves(group) if isinstance(e, OSError))
+            if failure is None:
+                raise _TaskFailed("the HTTP endpoint stopped")
+            self.endpoint_addresses.clear()
+            delay = retries.next_delay()
+            _log.error(
+                "HTTP endpoint on %s unavailable (%s); retrying in %.1f s",
+                self.config.bind_address,
+                failure,
+                delay,
             )
-            self.endpoint_addresses[:] = bound
-            _log.info("HTTP endpoint on %s", ", ".join(bound))
+            await trio.sleep(delay)
 
     async def _hotplug(self) -> NoReturn:
         """Follow CPU uevents: on each debounced burst, re-read the topology and apply it.
@@ -376,6 +405,7 @@ class Daemon:
             ("restart recovery", self._recover),
             ("milestones", self._milestones),
             *([("enforcement", self.enforcement.run)] if self.enforcement is not None else []),
+            *(self.memory.members(self.owner) if self.memory is not None else []),
             ("http endpoint", self._serve_http),
             ("cpu hotplug", self._hotplug),
         ]
@@ -496,6 +526,12 @@ async def _member(name: str, member: Callable[[], Awaitable[object]]) -> None:
     raise _TaskFailed(f"{name} returned")
 
 
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
+    return [exc]
+
+
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, BaseExceptionGroup):
         return "; ".join(_reason(e) for e in exc.exceptions)
@@ -526,6 +562,10 @@ def build_daemon(
             origin="reservedCPUs",
         )
     name = node_name(config) if hostname is None else node_name(config, hostname)
+    memory_topology = read_memory(config.sysfs_root) if config.memory_driver else None
+    memory_devices: tuple[MemoryDevice, ...] = ()
+    if memory_topology is not None:
+        memory_devices = tuple(memory_devices_of(memory_topology, MemorySliceOptions(name)))
     node_config = node.NodeConfig(
         pool=name,
         mode=config.cpu_device_mode,
@@ -533,11 +573,23 @@ def build_daemon(
         reserved=config.reserved_cpus,
         defaults=config.allocation_defaults,
         driver=DRIVER_NAME,
+        memory_devices=memory_devices,
+        bind_memory_to_cpus=config.bind_memory_to_cpus,
     )
     store = CheckpointStore(config.state_dir)
     store.secure_dir()
     cdi = CdiDir(config.cdi_dir)
     state, kind = load_state(topology, node_config, store, cdi)
+    memory_cdi = MemoryCdiDir(config.cdi_dir)
+    fixed_memory = memory_cdi.reconcile(
+        {uid: memory_env(a) for uid, a in state.memory.items() if a.grants}
+    )
+    if fixed_memory.written or fixed_memory.removed:
+        _log.info(
+            "memory CDI specs reconciled: %d rewritten, %d orphan(s) removed",
+            len(fixed_memory.written),
+            len(fixed_memory.removed),
+        )
     fixed = cdi.reconcile({uid: c.cpus for uid, c in state.claims.items() if c.cpus})
     if fixed.written or fixed.removed or fixed.strays:
         _log.info(
@@ -565,6 +617,7 @@ def build_daemon(
         cdi=cdi,
         on_claim_status=status_writer.submit,
         crash_at=env.get("DRACPU_TEST_CRASH_AT") or None,
+        memory_cdi=memory_cdi,
     )
     daemon = Daemon(
         config=config,
@@ -587,6 +640,26 @@ def build_daemon(
         ),
     )
     owner.on_republish = daemon.republish
+    if memory_topology is not None:
+        daemon.memory = MemoryDriver(
+            topology=memory_topology,
+            node_name=name,
+            publisher=SlicePublisher(client, node_name=name, driver=MEMORY_DRIVER),
+            cache=ClaimCache(client, node_name=name, driver=MEMORY_DRIVER),
+            plugin_config=dataclasses.replace(daemon.plugin_config, driver_name=MEMORY_DRIVER)
+            if daemon.plugin_config is not None
+            else KubeletPluginConfig(driver_name=MEMORY_DRIVER),
+            start_claims=tuple(sorted(state.memory)),
+            release_grace_period=config.release_grace_period,
+            started_at=started,
+        )
+        daemon.memory.publisher.set_desired(daemon.memory.slice_specs())
+        _log.info(
+            "memory driver %s: %d device(s) (%s)",
+            MEMORY_DRIVER,
+            len(memory_devices),
+            ", ".join(d.name for d in memory_devices) or "none",
+        )
     daemon.enforcement = Enforcement(
         owner,
         mode=config.enforcement,

@@ -251,7 +251,12 @@ class ResponseEncoder:
     def update(self, update: ContainerUpdate) -> bytes:
         """One encoded ``ContainerUpdate`` message (no field tag of its own)."""
         cid = update.container_id.encode()
-        linux = self._linux(update.cpus)
+        if update.mems or update.hugepage_limits:
+            full = translate.to_update(update).linux
+            assert full is not None
+            linux = _field(2, bytes(full))
+        else:
+            linux = self._linux(update.cpus)
         return _field(1, cid) + linux if cid else linux
 
     def updates(self, number: int, updates: Iterable[ContainerUpdate]) -> bytes:

@@ -193,7 +193,12 @@ class PolicyHandler:
         if not isinstance(reply, node.AdjustContainer):
             raise ContainerRejectedError(f"{info}: the policy gave no answer")
         _log.log(V(2), "container pinned to CPUs %s", reply.cpus, extra=_where(info))
-        return translate.create_response(reply.cpus, reply.updates)
+        return translate.create_response(
+            reply.cpus,
+            reply.updates,
+            mems=reply.memory.mems_text,
+            hugepage_limits=reply.memory.hugepage_limits,
+        )
 
     async def create_container_view(self, request: CreateRequestView) -> bytes:
         """:meth:`create_container` on the plugin's lazy path: the request's policy fields in,
@@ -206,6 +211,16 @@ class PolicyHandler:
             raise ContainerRejectedError(reply.reason)
         if not isinstance(reply, node.AdjustContainer):
             raise ContainerRejectedError(f"{info}: the policy gave no answer")
+        memory = reply.memory
+        if memory.mems or memory.hugepage_limits:
+            # Memory placement is per claim, not worth caching: encode this answer whole.
+            response = translate.create_response(
+                reply.cpus,
+                reply.updates,
+                mems=memory.mems_text,
+                hugepage_limits=memory.hugepage_limits,
+            )
+            return bytes(response)
         return self._encoder.create_response(reply.cpus, reply.updates)
 
     async def update_container(

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from dracpu.core.cpuset import CpuSet
+from dracpu.core.memory_pinning import hugetlb_size_name
 from dracpu.core.pinning import ContainerInfo, ContainerKind, ContainerUpdate, PodInfo
 from dracpu.errors import CpuSetParseError
 from generated.nri.pkg.api import v1alpha1 as api
@@ -103,22 +104,37 @@ def view_info(request: CreateRequestView, *, kind_of: KindOf = regular) -> Conta
     )
 
 
-def _resources(cpus: CpuSet, mems: str) -> api.LinuxResources:
-    return api.LinuxResources(cpu=api.LinuxCpu(cpus=str(cpus), mems=mems))
+HugepageLimits = tuple[tuple[int, int], ...]
+"""(page size in bytes, limit in bytes) pairs, as :class:`ContainerUpdate` carries them."""
 
 
-def adjustment(cpus: CpuSet, *, mems: str = "") -> api.ContainerAdjustment:
-    """A CreateContainer adjustment setting the container's cpuset (and mems when given)."""
+def _resources(cpus: CpuSet, mems: str, hugepages: HugepageLimits = ()) -> api.LinuxResources:
+    resources = api.LinuxResources(cpu=api.LinuxCpu(cpus=str(cpus), mems=mems))
+    if hugepages:
+        resources.hugepage_limits = [
+            api.HugepageLimit(page_size=hugetlb_size_name(size), limit=limit)
+            for size, limit in hugepages
+        ]
+    return resources
+
+
+def adjustment(
+    cpus: CpuSet, *, mems: str = "", hugepage_limits: HugepageLimits = ()
+) -> api.ContainerAdjustment:
+    """A CreateContainer adjustment setting the container's cpuset, and its mems and hugetlb
+    limits (``linux.resources.hugepage_limits``) when given."""
     return api.ContainerAdjustment(
-        linux=api.LinuxContainerAdjustment(resources=_resources(cpus, mems))
+        linux=api.LinuxContainerAdjustment(resources=_resources(cpus, mems, hugepage_limits))
     )
 
 
 def to_update(update: ContainerUpdate, *, mems: str = "") -> api.ContainerUpdate:
-    """An NRI update setting a running container's cpuset (and mems when given)."""
+    """An NRI update setting a running container's cpuset, and the update's mems (or ``mems``)
+    and hugetlb limits when given."""
+    resources = _resources(update.cpus, update.mems or mems, update.hugepage_limits)
     return api.ContainerUpdate(
         container_id=update.container_id,
-        linux=api.LinuxContainerUpdate(resources=_resources(update.cpus, mems)),
+        linux=api.LinuxContainerUpdate(resources=resources),
     )
 
 
@@ -128,7 +144,15 @@ def to_updates(updates: Iterable[ContainerUpdate]) -> list[api.ContainerUpdate]:
 
 
 def create_response(
-    cpus: CpuSet, updates: Iterable[ContainerUpdate]
+    cpus: CpuSet,
+    updates: Iterable[ContainerUpdate],
+    *,
+    mems: str = "",
+    hugepage_limits: HugepageLimits = (),
 ) -> api.CreateContainerResponse:
-    """The CreateContainer answer: the new container's cpuset, and other containers' updates."""
-    return api.CreateContainerResponse(adjust=adjustment(cpus), update=to_updates(updates))
+    """The CreateContainer answer: the new container's cpuset (and mems, hugetlb limits), and
+    other containers' updates."""
+    return api.CreateContainerResponse(
+        adjust=adjustment(cpus, mems=mems, hugepage_limits=hugepage_limits),
+        update=to_updates(updates),
+    )

@@ -294,3 +294,24 @@ async def test_unprepare_of_a_malformed_reference_removes_no_metadata_outside(
     assert victim.is_dir()
     assert not isinstance(results["u1"], kh.ClaimFailed)
     r.scope.cancel()
+
+
+async def test_a_taken_port_does_not_restart_the_group(
+    nursery: trio.Nursery, env: tuple[Path, FakeApiServer], api: GrpcioApi
+) -> None:
+    root, fake = env
+    taken = trio.socket.socket()
+    await taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    r = await start(nursery, root, fake, bind_address=f"127.0.0.1:{port}")
+    r.put_claim(claim("u1", [grouped("req", "cpudevnuma000", 2)]))
+    assert (await r.call(api, "prepare", "u1")).claims["u1"].error == ""
+    await trio.sleep(0.3)
+    assert r.daemon.restarts == 0
+    assert r.daemon.endpoint_addresses == []
+    taken.close()  # The port comes free: the endpoint's own retry binds it.
+    await wait_for(lambda: bool(r.daemon.endpoint_addresses), 10)
+    assert (await get(r, "/readyz")).status_code == 503
+    assert r.daemon.restarts == 0
+    r.scope.cancel()
