@@ -92,6 +92,7 @@ class RunConfig:
     release_grace_period: float = 60.0
     memory_driver: bool = False
     bind_memory_to_cpus: bool = False
+    device_metadata: bool = True
 
     @property
     def allocation_defaults(self) -> AllocationOptions:
@@ -262,7 +263,7 @@ FIELDS: tuple[Field, ...] = (
         "",  # File only, as upstream.
         "publish_node_allocatable_resource_mapping",
         _boolean,
-        "accepted for compatibility with upstream; dracpu does not publish the mapping yet",
+        "KEP-5517: map each device onto the node's cpu allocatable (upstream's key)",
         is_bool=True,
         text=False,
     ),
@@ -339,6 +340,15 @@ FIELDS: tuple[Field, ...] = (
         "bind_memory_to_cpus",
         _boolean,
         "give containers with exclusive CPUs and no memory claim their CPUs' NUMA nodes as mems",
+        is_bool=True,
+        text=False,
+    ),
+    Field(
+        "enableDeviceMetadata",
+        "--enable-device-metadata",
+        "device_metadata",
+        _boolean,
+        "write KEP-5304 device metadata files (dra.cpu/allocatedNumCPUs) and their CDI mounts",
         is_bool=True,
         text=False,
     ),

@@ -81,6 +81,8 @@ def status_document(daemon: Daemon) -> dict[str, Any]:
             "released": list(daemon.released_at_start),
         },
         "group": {"restarts": daemon.restarts, "lastFailure": daemon.last_failure},
+        "endpoint": list(daemon.endpoint_addresses),
+        "hotplug": {"state": daemon.hotplug, "topologyChanges": daemon.topology_changes},
         "timeline": {k: round(v, 4) for k, v in daemon.timeline.items()},
         "effects": {
             "events": times.events,

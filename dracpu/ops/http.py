@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -130,6 +131,19 @@ class _App:
         )
 
 
+def _check_bindable(address: str) -> None:
+    """Raise ``OSError`` if ``address`` cannot be bound (port taken), with our socket closed.
+
+    Hypercorn leaks the socket of a failed bind; trying first keeps a retry loop clean.
+    """
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, int(port)))
+
+
 async def serve_endpoint(
     endpoint: Endpoint,
     bind: str = DEFAULT_BIND_ADDRESS,
@@ -141,8 +155,10 @@ async def serve_endpoint(
     Cancellation closes the listening socket and open connections and returns; nothing outlives
     the call. A port already in use raises ``OSError`` before ``task_status.started``.
     """
+    address = parse_bind_address(bind)
+    _check_bindable(address)
     config = Config()
-    config.bind = [parse_bind_address(bind)]
+    config.bind = [address]
     config.accesslog = None
     config.keep_alive_timeout = 30
     config.graceful_timeout = 1
