@@ -214,7 +214,7 @@ def test_daemon_killed_and_restarted_moves_nothing(
         cpu_device_mode="grouped", group_by="numanode", state_dir=first.state_dir
     )
     assert [c["uid"] for c in second.status()["claims"]] == [c["uid"] for c in held]
-    assert second.status()["claims"][0]["cpus"] == cpus
+    assert [(c["uid"], c["cpus"]) for c in second.status()["claims"]] == [(uid, cpus)]
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline:  # sampled for a while: nothing moves after the restart
         assert container_process(rig, ep, "c0").cpus_allowed_list == cpus
