@@ -53,3 +53,13 @@ lint:
 # Whole test suite: lint, rig, unit + e2e tests, rig down.
 test:
     hack/test-all.sh
+
+# The one-command demo: rig with the real kubelet, dracpu deployed from a local image, sample pods.
+demo:
+    hack/demo.sh
+
+# Tear the demo down: the sample pods, dracpu, the rig.
+demo-down:
+    -{{py}} -m hack.demo_pods delete
+    -hack/deploy.sh undeploy
+    hack/rig/down.sh

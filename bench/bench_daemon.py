@@ -122,6 +122,7 @@ async def bench(args: argparse.Namespace, root: Path) -> None:
             "-m",
             "dracpu",
             "run",
+            "--bind-address=127.0.0.1:0",
             f"--kubeconfig={root / 'kubeconfig'}",
             f"--sysfs-root={root / 'sys'}",
             f"--kubelet-root-dir={root / 'kubelet'}",

@@ -10,8 +10,10 @@ file ``dra.k8s.io-cpu_claim-<uid>.json`` (the CDI library's transient spec name)
 and answers prepare with the CDI device ID ``dra.k8s.io/cpu=claim-<uid>``. dracpu writes the same
 bytes' meaning under the same name, so a node can switch drivers with its claims in place.
 
-Writes are atomic (a ``spec.*.tmp`` file in the same directory, renamed over the target: CDI
-readers ignore names not ending in ``.json``/``.yaml``). They are not fsynced: the checkpoint is
+Writes are atomic (a ``dracpu-spec.*.tmp`` file in the same directory, renamed over the target:
+CDI readers ignore names not ending in ``.json``/``.yaml``; the prefix is ours alone, unlike the
+CDI library's ``spec.*.tmp``, so a temp file left by a crash can be removed without touching
+another driver's write in progress). They are not fsynced: the checkpoint is
 the truth, and at start the daemon rewrites the specs of every prepared claim and removes the
 others (:meth:`CdiDir.reconcile`).
 """
@@ -45,6 +47,8 @@ __all__ = ["CdiDir", "CdiError", "Reconciled", "device_id", "spec_document", "sp
 _FILE_PREFIX = f"{CDI_VENDOR}-{CDI_CLASS}_claim-"
 _FILE_RE = re.compile(re.escape(_FILE_PREFIX) + r"(?P<uid>[A-Za-z0-9][A-Za-z0-9._:-]*)\.json")
 # A claim UID becomes part of a CDI device and file name: letters, digits and '-' (UUIDs).
+_TMP_PREFIX = "dracpu-spec."
+_TMP_RE = re.compile(re.escape(_TMP_PREFIX) + r"[A-Za-z0-9_]+\.tmp")
 _UID_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,126}[A-Za-z0-9])?")
 
 
@@ -75,10 +79,12 @@ def spec_document(uid: str, cpus: CpuSet) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class Reconciled:
-    """What :meth:`CdiDir.reconcile` changed: claim UIDs written and removed."""
+    """What :meth:`CdiDir.reconcile` changed: claim UIDs written and removed, and the names of
+    temp files a crashed write had left."""
 
     written: tuple[str, ...]
     removed: tuple[str, ...]
+    strays: tuple[str, ...] = ()
 
 
 class CdiDir:
@@ -100,7 +106,7 @@ class CdiDir:
         data = json.dumps(spec_document(uid, cpus), separators=(",", ":")).encode() + b"\n"
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix="spec.", suffix=".tmp", dir=self.root)
+            fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".tmp", dir=self.root)
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(data)
@@ -155,11 +161,13 @@ class CdiDir:
 
     def reconcile(self, prepared: Mapping[str, CpuSet]) -> Reconciled:
         """Make the directory hold exactly the specs of ``prepared`` (claim UID -> CPUs):
-        rewrite specs that are missing or differ, remove ours for other claims.
+        rewrite specs that are missing or differ, remove ours for other claims and our temp
+        files left by a crash mid-write.
 
         Raises :class:`CdiError` naming the first file that could not be fixed.
         """
         present = self.read_all()
+        strays = self._remove_strays()
         removed = []
         for uid in sorted(present):
             if uid not in prepared:
@@ -170,7 +178,21 @@ class CdiDir:
             if present.get(uid) != cpus or not self._is_exact(uid, cpus):
                 self.write(uid, cpus)
                 written.append(uid)
-        return Reconciled(written=tuple(written), removed=tuple(removed))
+        return Reconciled(written=tuple(written), removed=tuple(removed), strays=strays)
+
+    def _remove_strays(self) -> tuple[str, ...]:
+        try:
+            names = sorted(n for n in os.listdir(self.root) if _TMP_RE.fullmatch(n))
+        except FileNotFoundError:
+            return ()
+        except OSError as exc:
+            raise CdiError(f"cannot list CDI dir {self.root}: {exc}") from exc
+        for name in names:
+            try:
+                (self.root / name).unlink(missing_ok=True)
+            except OSError as exc:
+                raise CdiError(f"cannot remove stray temp file {self.root / name}: {exc}") from exc
+        return tuple(names)
 
     def _is_exact(self, uid: str, cpus: CpuSet) -> bool:
         try:

@@ -23,6 +23,7 @@ older binary cannot know what that file promises.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -134,6 +135,23 @@ class CheckpointStore:
         self.durable = durable
         self.writes = 0
 
+    def secure_dir(self) -> None:
+        """Create the state dir (mode 0700), or tighten an existing one to 0700: it holds the
+        node's CPU assignments and the status socket, for root alone. A dir already 0700 is
+        left untouched (so a read-only one still works for loading).
+
+        Raises :class:`CheckpointError` naming the dir if it cannot be created or tightened.
+        """
+        try:
+            self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if self.state_dir.stat().st_mode & 0o777 != 0o700:
+                os.chmod(self.state_dir, 0o700)
+        except OSError as exc:
+            raise CheckpointError(
+                f"cannot make the state dir {self.state_dir} private (0700): {exc}",
+                path=str(self.path),
+            ) from exc
+
     def load(self) -> Loaded:
         """Load the checkpoint; see :class:`Loaded`. Raises :class:`CheckpointVersionError` for a
         newer format, and :class:`CheckpointError` if the state dir itself is unusable."""
@@ -182,8 +200,11 @@ class CheckpointStore:
         data = encode(body)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         try:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # A temp file left by a crash may have another mode (O_CREAT keeps an existing
+            # file's): start from a fresh one, so the checkpoint is always 0600.
+            tmp.unlink(missing_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
                 view = memoryview(data)
                 while view:
@@ -195,6 +216,9 @@ class CheckpointStore:
             os.replace(tmp, self.path)
             self._sync_dir()
         except OSError as exc:
+            # Free what a half-written temp file holds (a full disk stays no fuller).
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
             raise CheckpointError(f"cannot write: {exc}", path=str(self.path)) from exc
         self.writes += 1
 

@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
             return daemon_cli.main_run(args)
         if args.command == "status":
             return daemon_cli.main_status(args)
+        if args.command == "gather":
+            return daemon_cli.main_gather(args)
         return _inspect(args)
     except BrokenPipeError:
         # The reader went away (``| head``); stop quietly like other Unix tools.

@@ -16,6 +16,19 @@ names both. Adapters translate foreign errors into these, re-raising ``from exc`
 
 from __future__ import annotations
 
+import reprlib
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxother = 120
+_SHOWN.maxlevel = 2
+_SHOWN.maxlist = _SHOWN.maxdict = _SHOWN.maxset = _SHOWN.maxtuple = 8
+
+
+def shown(value: object) -> str:
+    """A repr of ``value`` for an error message, bounded in length and depth (a hostile value,
+    such as a YAML alias bomb, must not make the message itself unbounded)."""
+    return _SHOWN.repr(value)
+
 
 class DracpuError(Exception):
     """Root of every error dracpu raises on purpose."""

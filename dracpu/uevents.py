@@ -91,8 +91,8 @@ def parse_uevent(datagram: bytes) -> Uevent | None:
 class UeventSource(Protocol):
     """Where datagrams come from: the kernel socket, or an in-memory channel in tests."""
 
-    async def recv(self, bufsize: int, /) -> bytes:
-        """The next datagram."""
+    def recv(self, bufsize: int, /) -> Awaitable[bytes]:
+        """The next datagram (awaitable; a trio socket's ``recv`` fits)."""
         ...
 
 

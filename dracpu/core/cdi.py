@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from dracpu.core.cpuset import CpuSet
-from dracpu.errors import CpuSetParseError, InvalidValueError
+from dracpu.errors import CpuSetParseError, InvalidValueError, shown
 
 CDI_SPEC_VERSION = "0.8.0"
 """The spec version upstream writes."""
@@ -87,6 +87,12 @@ def cdi_spec(claim_uid: str, cpus: CpuSet) -> dict[str, Any]:
     }
 
 
+def _named(name: str) -> str:
+    """A variable name for a one-line message: as is, or quoted when it holds a newline or
+    another unprintable character."""
+    return name if name.isprintable() else shown(name)
+
+
 def parse_env(env: Iterable[str], *, origin: str = "") -> dict[str, CpuSet]:
     """Claim UID → CPUs for every ``DRA_CPUSET_<uid>=<list>`` entry of a container's env.
 
@@ -117,15 +123,16 @@ def parse_env(env: Iterable[str], *, origin: str = "") -> dict[str, CpuSet]:
             cpus = CpuSet.parse(value)
         except CpuSetParseError as exc:
             raise CpusetEnvError(
-                f"malformed env entry {name}: {exc}", value=entry, origin=origin
+                f"malformed env entry {_named(name)}: {exc}", value=entry, origin=origin
             ) from exc
         if not cpus:
             raise CpusetEnvError(
-                f"malformed env entry {name}: empty cpu list", value=entry, origin=origin
+                f"malformed env entry {_named(name)}: empty cpu list", value=entry, origin=origin
             )
         if uid in found and found[uid] != cpus:
             raise CpusetEnvError(
-                f"env variable {name} given twice with different CPUs ({found[uid]} and {cpus})",
+                f"env variable {_named(name)} given twice with different CPUs "
+                f"({found[uid]} and {cpus})",
                 value=entry,
                 origin=origin,
             )

@@ -33,7 +33,7 @@ from dracpu.core.cpuset import CpuSet
 from dracpu.core.names import DRIVER_NAME as DRIVER
 from dracpu.core.quantity import parse_quantity
 from dracpu.core.slices import CPU_CAPACITY
-from dracpu.errors import CpuSetParseError, InvalidValueError
+from dracpu.errors import CpuSetParseError, InvalidValueError, shown
 
 OPAQUE_API_VERSION = "v1alpha1"
 """The only ``apiVersion`` of the opaque config (upstream ``api/v1alpha1.APIVersion``)."""
@@ -221,7 +221,7 @@ def parse_cpu_config(parameters: object, *, claim: str, request: str = "") -> Cp
         try:
             cpuset = CpuSet.parse(text)
         except CpuSetParseError as exc:
-            raise fail(f"cpuConfig.cpuset {text!r}: {exc}", text) from exc
+            raise fail(f"cpuConfig.cpuset {shown(text)}: {exc}", text) from exc
         if not cpuset:
             raise fail("cpuConfig.cpuset is empty", text)
     flags: dict[str, bool | None] = {}
@@ -389,7 +389,10 @@ def parse_claim(obj: Mapping[str, Any], *, pool: str, driver: str = DRIVER) -> C
             )
         )
     reserved: list[Consumer] = []
-    for entry in (status.get("reservedFor") or []) if isinstance(status, Mapping) else []:
+    entries = status.get("reservedFor") if isinstance(status, Mapping) else None
+    if entries is not None and (not isinstance(entries, list)):
+        raise ClaimError(f"status.reservedFor is not a list: {shown(entries)}", claim=label)
+    for entry in entries or []:
         if isinstance(entry, Mapping):
             reserved.append(
                 Consumer(

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from dracpu.errors import CpuSetParseError
+from dracpu.errors import CpuSetParseError, shown
 
 MAX_CPU_ID = 65535
 """Largest CPU id accepted when parsing (Linux NR_CPUS tops out at 8192); bounds memory."""
@@ -52,14 +52,16 @@ class CpuSet:
             token = raw.strip()
             if not token:
                 raise CpuSetParseError(
-                    f"empty element in cpu list {stripped!r}", value=text, origin=origin
+                    f"empty element in cpu list {shown(stripped)}", value=text, origin=origin
                 )
             first_s, sep, last_s = token.partition("-")
             first = _parse_id(first_s, token, text, origin)
             last = _parse_id(last_s, token, text, origin) if sep else first
             if last < first:
                 raise CpuSetParseError(
-                    f"invalid range {token!r} in cpu list {stripped!r}", value=text, origin=origin
+                    f"invalid range {shown(token)} in cpu list {shown(stripped)}",
+                    value=text,
+                    origin=origin,
                 )
             mask |= ((1 << (last - first + 1)) - 1) << first
         return cls(mask)
@@ -142,11 +144,15 @@ def _parse_id(digits: str, token: str, text: str, origin: str) -> int:
     digits = digits.strip()
     if not digits.isascii() or not digits.isdigit():
         raise CpuSetParseError(
-            f"invalid element {token!r} in cpu list {text.strip()!r}", value=text, origin=origin
+            f"invalid element {shown(token)} in cpu list {shown(text.strip())}",
+            value=text,
+            origin=origin,
         )
-    value = int(digits)
+    # Past a few digits the id is out of range anyway; int() of thousands would raise ValueError.
+    value = int(digits) if len(digits.lstrip("0")) <= 6 else MAX_CPU_ID + 1
     if value > MAX_CPU_ID:
+        shown_id = digits if len(digits) <= 12 else f"{digits[:12]}... ({len(digits)} digits)"
         raise CpuSetParseError(
-            f"CPU id {value} in {token!r} out of range 0-{MAX_CPU_ID}", value=text, origin=origin
+            f"CPU id {shown_id} out of range 0-{MAX_CPU_ID}", value=text, origin=origin
         )
     return value

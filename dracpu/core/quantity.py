@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-from dracpu.errors import InvalidValueError
+from dracpu.errors import InvalidValueError, shown
 
 __all__ = ["format_bytes", "parse_bytes", "parse_quantity"]
 
@@ -43,6 +43,8 @@ _DECIMAL = {0: "", 3: "k", 6: "M", 9: "G", 12: "T", 15: "P", 18: "E"}
 
 
 _MAX_EXPONENT = 30
+_MAX_CHARS = 64
+"""Longer than any real quantity (int64 digits plus a suffix); bounds the arithmetic."""
 """``1e400`` would make a huge exact Fraction; no real quantity needs more than this."""
 
 
@@ -55,11 +57,17 @@ def parse_quantity(text: object, *, origin: str = "") -> Fraction:
     """
     if not isinstance(text, str):
         raise InvalidValueError(
-            f"invalid quantity {text!r}: not a string", value=text, origin=origin
+            f"invalid quantity {shown(text)}: not a string", value=text, origin=origin
+        )
+    if len(text) > _MAX_CHARS:  # int() of thousands of digits raises ValueError.
+        raise InvalidValueError(
+            f"invalid quantity {shown(text)}: longer than {_MAX_CHARS} characters",
+            value=text,
+            origin=origin,
         )
     m = _QUANTITY.fullmatch(text)
     if m is None:
-        raise InvalidValueError(f"invalid quantity {text!r}", value=text, origin=origin)
+        raise InvalidValueError(f"invalid quantity {shown(text)}", value=text, origin=origin)
     number, exponent, suffix = m.groups()
     value = Fraction(number)
     if exponent:

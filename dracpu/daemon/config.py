@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import enum
 import json
+import math
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from dracpu.cgroups.layout import Driver
 from dracpu.core.allocator import AllocationOptions, Strategy
 from dracpu.core.cpuset import CpuSet
 from dracpu.core.slices import DeviceMode, GroupBy
-from dracpu.errors import CpuSetParseError, InvalidValueError
+from dracpu.errors import CpuSetParseError, InvalidValueError, shown
 
 __all__ = [
     "CONFIG_API_VERSION",
@@ -45,6 +46,10 @@ __all__ = [
 ]
 
 CONFIG_API_VERSION = "v1alpha1"
+MAX_CONFIG_BYTES = 1 << 20
+"""A config file larger than this is refused unread (it is a handful of keys)."""
+MAX_SECONDS = 86400.0 * 365
+"""The largest duration setting accepted (a year); NaN and infinity are refused."""
 
 
 class EnforcementMode(enum.StrEnum):
@@ -85,6 +90,7 @@ class RunConfig:
     distribute_across_numa: bool = False
     strategy: Strategy = Strategy.PACKED
     release_grace_period: float = 60.0
+    device_metadata: bool = True
 
     @property
     def allocation_defaults(self) -> AllocationOptions:
@@ -110,13 +116,13 @@ class RunConfig:
 
 def _string(value: object, where: str) -> str:
     if not isinstance(value, str):
-        raise ConfigError(f"must be a string, got {value!r}", value=value, origin=where)
+        raise ConfigError(f"must be a string, got {shown(value)}", value=value, origin=where)
     return value
 
 
 def _boolean(value: object, where: str) -> bool:
     if not isinstance(value, bool):
-        raise ConfigError(f"must be true or false, got {value!r}", value=value, origin=where)
+        raise ConfigError(f"must be true or false, got {shown(value)}", value=value, origin=where)
     return value
 
 
@@ -132,7 +138,7 @@ def _cgroup_path(value: object, where: str) -> str:
 def _abs_path(value: object, where: str) -> Path:
     text = _string(value, where)
     if not text or not text.startswith("/"):
-        raise ConfigError(f"must be an absolute path, got {text!r}", value=value, origin=where)
+        raise ConfigError(f"must be an absolute path, got {shown(text)}", value=value, origin=where)
     return Path(text)
 
 
@@ -151,7 +157,7 @@ def _enum(kind: type[enum.StrEnum]) -> Callable[[object, str], Any]:
         except ValueError:
             allowed = ", ".join(repr(m.value) for m in kind)
             raise ConfigError(
-                f"invalid value {text!r}: must be one of {allowed}", value=value, origin=where
+                f"invalid value {shown(text)}: must be one of {allowed}", value=value, origin=where
             ) from None
 
     return parse
@@ -161,9 +167,16 @@ def _seconds(value: object, where: str) -> float:
     if isinstance(value, str) and where.startswith("flag "):
         with contextlib.suppress(ValueError):
             value = float(value)
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 <= value <= MAX_SECONDS
+        or math.isnan(value)
+    ):
         raise ConfigError(
-            f"must be a non-negative number of seconds, got {value!r}", value=value, origin=where
+            f"must be a number of seconds from 0 to {MAX_SECONDS:.0f}, got {shown(value)}",
+            value=value,
+            origin=where,
         )
     return float(value)
 
@@ -248,7 +261,7 @@ FIELDS: tuple[Field, ...] = (
         "",  # File only, as upstream.
         "publish_node_allocatable_resource_mapping",
         _boolean,
-        "accepted for compatibility with upstream; dracpu does not publish the mapping yet",
+        "KEP-5517: map each device onto the node's cpu allocatable (upstream's key)",
         is_bool=True,
         text=False,
     ),
@@ -310,6 +323,15 @@ FIELDS: tuple[Field, ...] = (
         "seconds after start before claims missing from the API are released",
         text=False,
     ),
+    Field(
+        "enableDeviceMetadata",
+        "--enable-device-metadata",
+        "device_metadata",
+        _boolean,
+        "write KEP-5304 device metadata files (dra.cpu/allocatedNumCPUs) and their CDI mounts",
+        is_bool=True,
+        text=False,
+    ),
 )
 
 _BY_KEY = {f.key: f for f in FIELDS}
@@ -326,10 +348,17 @@ def _strict_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[Any, 
     seen: set[object] = set()
     for key_node, _ in node.value:
         key = loader.construct_object(key_node, deep=True)
+        if not isinstance(key, str | int | float | bool) and key is not None:
+            mark = key_node.start_mark
+            raise ConfigError(
+                f"key {shown(key)} (line {mark.line + 1}) is not a string",
+                value=key,
+                origin=loader.name,
+            )
         if key in seen:
             mark = key_node.start_mark
             raise ConfigError(
-                f"duplicate key {key!r} (line {mark.line + 1})", value=key, origin=loader.name
+                f"duplicate key {shown(key)} (line {mark.line + 1})", value=key, origin=loader.name
             )
         seen.add(key)
     return loader.construct_mapping(node, deep=True)
@@ -346,17 +375,27 @@ def load_file(path: Path) -> dict[str, Any]:
     """
     origin = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError(
+                f"config file is larger than {MAX_CONFIG_BYTES} bytes", value=origin, origin=origin
+            )
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file: {exc}", value=origin, origin=origin) from exc
-    loader = _StrictLoader(text)
-    loader.name = origin
+    loader: _StrictLoader | None = None
     try:
+        loader = _StrictLoader(text)  # Raises for a control character in the text.
+        loader.name = origin
         doc = loader.get_single_data()
-    except yaml.YAMLError as exc:
+    except ConfigError:
+        raise
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:  # ValueError: huge int literal
         raise ConfigError(f"cannot parse config file: {exc}", value=origin, origin=origin) from exc
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if doc is None:
         return {}
     if not isinstance(doc, dict):
@@ -365,7 +404,7 @@ def load_file(path: Path) -> dict[str, Any]:
     if "apiVersion" in doc:
         if doc["apiVersion"] != CONFIG_API_VERSION:
             raise ConfigError(
-                f"unsupported apiVersion {doc['apiVersion']!r}, want {CONFIG_API_VERSION!r}",
+                f"unsupported apiVersion {shown(doc['apiVersion'])}, want {CONFIG_API_VERSION!r}",
                 value=doc["apiVersion"],
                 origin=origin,
             )
@@ -377,9 +416,11 @@ def load_file(path: Path) -> dict[str, Any]:
             continue
         want = next((c for c in canonical if c.lower() == key.lower()), None)
         if want is not None:
-            problems.append(f"key {key!r} is spelled differently from the schema; use {want!r}")
+            problems.append(
+                f"key {shown(key)} is spelled differently from the schema; use {want!r}"
+            )
         else:
-            problems.append(f"unknown key {key!r}")
+            problems.append(f"unknown key {shown(key)}")
     if problems:
         raise ConfigError("; ".join(problems), value=sorted(map(str, doc)), origin=origin)
     out: dict[str, Any] = {}

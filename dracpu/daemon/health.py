@@ -30,16 +30,36 @@ class NodeHealth:
 
 
 def device_health(state: node.NodeState) -> tuple[DeviceHealth, ...]:
-    """The health of every published device: healthy while all its CPUs are online."""
+    """The health of every published device and of every device a prepared claim holds.
+
+    The slice model only publishes online CPUs, so a published device is healthy unless a
+    prepared claim allocated from it holds a CPU that went offline or was removed: that device
+    is unhealthy, with a message naming the claim and the CPUs (the claim is never moved; the
+    kubelet shows the message in the pod's status). A device such a claim holds that is no
+    longer published at all (individual mode: the CPU's own device) is reported unhealthy too.
+    Grouped devices report their reduced capacity through the slices, not through health.
+    """
     online = state.topology.online
+    bad: dict[str, list[str]] = {}
+    for name, cpus in sorted(state.devices.items()):
+        if not cpus <= online:
+            bad.setdefault(name, []).append(f"CPUs {cpus - online} are offline")
+    for _, claim in sorted(state.claims.items()):
+        for d in claim.devices:
+            lost = d.cpus - online
+            if lost and d.pool == state.config.pool:
+                bad.setdefault(d.device, []).append(
+                    f"claim {claim.ref} holds CPUs {lost} that are offline or removed"
+                )
+    names = sorted({*state.devices, *bad})
     return tuple(
         DeviceHealth(
             pool_name=state.config.pool,
             device_name=name,
-            health=Health.HEALTHY if cpus <= online else Health.UNHEALTHY,
-            message="" if cpus <= online else f"CPUs {cpus - online} are offline",
+            health=Health.UNHEALTHY if name in bad else Health.HEALTHY,
+            message="; ".join(bad.get(name, ()))[:1024],
         )
-        for name, cpus in sorted(state.devices.items())
+        for name in names
     )
 
 

@@ -105,6 +105,8 @@ class Owner:
         self.on_claim_status = on_claim_status
         self.on_republish = on_republish
         self.on_containers = on_containers
+        self.on_checkpoint_written: Callable[[float], None] = lambda _: None
+        """Called with the seconds of each successful checkpoint write (metrics; any thread)."""
         self.crash_at = crash_at
         self.max_group = max_group
         self.times = EffectTimes()
@@ -192,8 +194,10 @@ class Owner:
         except DracpuError as exc:
             _log.error("state change refused: %s", exc)
             return f"cannot persist the node state: {exc}"
-        self.times.checkpoint += time.perf_counter() - t0
+        elapsed = time.perf_counter() - t0
+        self.times.checkpoint += elapsed
         self.times.checkpoint_writes += 1
+        self.on_checkpoint_written(elapsed)
         return None
 
     def _finish_group(

@@ -51,6 +51,7 @@ from dracpu.daemon.config import RunConfig, node_name
 from dracpu.daemon.enforcement import Enforcement
 from dracpu.daemon.handler import DaemonClaimHandler
 from dracpu.daemon.health import NodeHealth, device_health, node_health
+from dracpu.daemon.metadata import MetadataWriter
 from dracpu.daemon.owner import Owner
 from dracpu.daemon.status import serve_status, status_document
 from dracpu.errors import DracpuError, InvalidValueError
@@ -66,7 +67,11 @@ from dracpu.kubelet import (
     RegistrationStatusBoard,
     serve_kubelet_plugin,
 )
+from dracpu.logs import LogFormat, RecentLines, configure_logging
+from dracpu.ops.http import Endpoint, HealthPart, serve_endpoint
+from dracpu.ops.metrics import AllocationCounts, DriverMetrics
 from dracpu.sysfs import read_topology
+from dracpu.uevents import Uevent, cpu_events, deliver_batches, open_uevent_socket
 
 __all__ = ["EXIT_FAILED", "STOP_GRACE", "Daemon", "load_state", "main", "run_daemon"]
 
@@ -148,10 +153,24 @@ class Daemon:
     timeline: dict[str, float] = field(default_factory=dict)
     plugin_config: KubeletPluginConfig | None = None
     enforcement: Enforcement | None = None
+    metrics: DriverMetrics = field(default_factory=DriverMetrics)
+    recent_logs: RecentLines | None = None
+    """The last log lines, served at ``/logs`` (set by :func:`main`)."""
+    endpoint_addresses: list[str] = field(default_factory=list)
+    """Where the HTTP endpoint listens (``host:port``), once it does."""
+    hotplug: str = "starting"
+    """``listening``, ``unavailable: <why>`` or ``starting``: the CPU uevent listener."""
+    topology_changes: int = 0
+    uevent_quiet: float = 0.2
+    """Debounce of CPU uevent bursts (see :func:`dracpu.uevents.deliver_batches`)."""
+    _counts_for: tuple[object, AllocationCounts] | None = None
+    _attributes_for: tuple[object, dict[str, Any]] | None = None
 
     def slice_specs(self, state: node.NodeState) -> list[dict[str, Any]]:
         """The desired ResourceSlice specs for ``state``'s topology."""
         options = state.config.slice_options(expose_pcie_roots=self.config.expose_pcie_roots)
+        if self.config.publish_node_allocatable_resource_mapping:
+            options = dataclasses.replace(options, node_allocatable_mapping=True)
         return build_slice_specs(state.topology, options)
 
     def republish(self, state: node.NodeState) -> None:
@@ -166,8 +185,169 @@ class Daemon:
     def handler(self) -> DaemonClaimHandler:
         """The kubelet claim handler bound to this daemon's owner and claim cache."""
         return DaemonClaimHandler(
-            self.owner, self.cache, pool=self.node_name, driver=self.publisher.driver
+            self.owner,
+            self.cache,
+            pool=self.node_name,
+            driver=self.publisher.driver,
+            metrics=self.metrics,
+            metadata=MetadataWriter(
+                driver=self.publisher.driver,
+                plugin_data_dir=self.config.kubelet_root_dir / "plugins" / self.publisher.driver,
+                cdi_dir=self.config.cdi_dir,
+            )
+            if self.config.device_metadata
+            else None,
+            attributes_of=self.device_attributes,
         )
+
+    def device_attributes(self, device: str) -> Mapping[str, Mapping[str, Any]]:
+        """A device's attributes in the published slice model (cached per node state)."""
+        state = self.owner.state
+        cached = self._attributes_for
+        if cached is None or cached[0] is not state:
+            table = {
+                d["name"]: d.get("attributes", {})
+                for spec in self.slice_specs(state)
+                for d in spec.get("devices", [])
+            }
+            cached = self._attributes_for = (state, table)
+        found: Mapping[str, Mapping[str, Any]] = cached[1].get(device, {})
+        return found
+
+    def allocation_counts(self) -> AllocationCounts:
+        """The allocation gauges, computed once per node state (states are immutable), so a
+        scrape costs a dictionary lookup, not a walk over the claims."""
+        state = self.owner.state
+        cached = self._counts_for
+        if cached is not None and cached[0] is state:
+            return cached[1]
+        mask = 0
+        for claim in state.claims.values():
+            mask |= claim.cpus.mask
+        allocated = CpuSet(mask)
+        reserved = state.config.reserved & state.topology.online
+        counts = AllocationCounts(
+            allocated_cpus=len(allocated),
+            available_cpus=len(state.topology.online - reserved - allocated),
+            reserved_cpus=len(reserved),
+            active_claims=len(state.claims),
+        )
+        self._counts_for = (state, counts)
+        return counts
+
+    def wire_metrics(self) -> None:
+        """Point the scrape-time series at this daemon's parts (called once by build_daemon)."""
+        self.metrics.watch_allocation(self.allocation_counts)
+        self.metrics.watch_slice_writes(self._slice_writes)
+        enforcement = self.enforcement
+        self.metrics.watch_fallback(
+            lambda: enforcement is not None and enforcement.active == "cgroups"
+        )
+        self.owner.on_checkpoint_written = self.metrics.checkpoint_write_seconds.observe
+        if enforcement is not None:
+            requests = self.metrics.nri_request_seconds
+            enforcement.plugin.on_request = lambda m, s: requests.labels(event=m).observe(s)
+
+    def _slice_writes(self) -> dict[str, int]:
+        h = self.publisher.health()
+        return {"create": h.creates, "update": h.updates, "delete": h.deletes}
+
+    def health_parts(self) -> list[HealthPart]:
+        """What ``/healthz`` checks: kubelet registration, slices in sync, enforcement active.
+
+        ``/readyz`` checks the first two (enforcement may still be handing over at start).
+        """
+        reg = self.registration.state
+        if reg.registered:
+            registration = HealthPart("kubelet-registration", True)
+        elif reg.notifications:
+            registration = HealthPart("kubelet-registration", False, f"rejected: {reg.error}")
+        else:
+            registration = HealthPart("kubelet-registration", False, "not registered yet")
+        pub = self.publisher.health()
+        slices = HealthPart(
+            "resourceslices",
+            pub.state == "in-sync",
+            f"{pub.state}" + (f": {pub.last_error}" if pub.last_error else ""),
+        )
+        active = self.enforcement.active if self.enforcement is not None else "none"
+        enforcement = HealthPart(
+            "enforcement",
+            active != "none",
+            "neither NRI connected nor the cgroup fallback running",
+            for_readiness=False,
+        )
+        return [registration, slices, enforcement]
+
+    def endpoint(self) -> Endpoint:
+        """The HTTP endpoint's sources."""
+        return Endpoint(
+            health=self.health_parts,
+            metrics=self.metrics,
+            status=self.status,
+            recent_logs=self._recent_text,
+        )
+
+    def _recent_text(self) -> str:
+        recent = self.recent_logs
+        return recent.text() if recent is not None else "(no log lines kept in this process)\n"
+
+    async def _serve_http(self) -> None:
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(
+                lambda task_status: serve_endpoint(
+                    self.endpoint(), self.config.bind_address, task_status=task_status
+                )
+            )
+            self.endpoint_addresses[:] = bound
+            _log.info("HTTP endpoint on %s", ", ".join(bound))
+
+    async def _hotplug(self) -> NoReturn:
+        """Follow CPU uevents: on each debounced burst, re-read the topology and apply it.
+
+        Without netlink (some sandboxes) it says so once and idles. Cancellation closes the
+        socket; a burst being gathered is dropped (the next start re-reads sysfs anyway).
+        """
+        try:
+            sock = await open_uevent_socket()
+        except OSError as exc:
+            if not self.hotplug.startswith("unavailable"):
+                _log.warning("CPU hotplug not followed: kernel uevents unavailable (%s)", exc)
+            self.hotplug = f"unavailable: {exc}"
+            await trio.sleep_forever()
+        with sock:
+            self.hotplug = "listening"
+            # Changes made while nobody listened (start-up, a group restart) are caught here.
+            await self._on_cpu_events(())
+            await deliver_batches(
+                cpu_events(sock), self._on_cpu_events, quiet=self.uevent_quiet, max_wait=1.0
+            )
+        raise _TaskFailed("the uevent socket closed")
+
+    async def _on_cpu_events(self, batch: tuple[Uevent, ...]) -> None:
+        """Re-read the topology after a burst of CPU uevents; a change goes through the owner
+        (TopologyChanged: slices republished, health updated, shared containers widened)."""
+        cpus = sorted({e.cpu for e in batch if e.cpu is not None})
+        try:
+            topology = await trio.to_thread.run_sync(read_topology, self.config.sysfs_root)
+        except DracpuError as exc:
+            _log.error("CPU uevents %s: cannot re-read the topology: %s", cpus, exc)
+            return
+        if topology == self.owner.state.topology:
+            _log.debug("CPU uevents %s: topology unchanged", cpus)
+            return
+        _log.info(
+            "CPU uevents %s: topology changed, online %s -> %s",
+            cpus,
+            self.owner.state.topology.online,
+            topology.online,
+        )
+        applied = await self.owner.apply(node.TopologyChanged(topology))
+        if applied.error is not None:
+            _log.error("topology change not applied: %s", applied.error)
+            return
+        self.topology = topology
+        self.topology_changes += 1
 
     def group(self) -> list[tuple[str, Callable[[], Awaitable[object]]]]:
         """The supervised members, by name."""
@@ -196,7 +376,8 @@ class Daemon:
             ("restart recovery", self._recover),
             ("milestones", self._milestones),
             *([("enforcement", self.enforcement.run)] if self.enforcement is not None else []),
-            # Later issues: ("http endpoint", ...).
+            ("http endpoint", self._serve_http),
+            ("cpu hotplug", self._hotplug),
         ]
 
     async def _watch_registration(self) -> None:
@@ -262,6 +443,7 @@ class Daemon:
         await supervise(self.group, backoff, self._record_failure)
 
     def _record_failure(self, reason: str) -> None:
+        self.metrics.group_restarts.labels(reason=reason.split(":", 1)[0][:64]).inc()
         self.restarts += 1
         self.last_failure = reason
 
@@ -353,14 +535,16 @@ def build_daemon(
         driver=DRIVER_NAME,
     )
     store = CheckpointStore(config.state_dir)
+    store.secure_dir()
     cdi = CdiDir(config.cdi_dir)
     state, kind = load_state(topology, node_config, store, cdi)
     fixed = cdi.reconcile({uid: c.cpus for uid, c in state.claims.items() if c.cpus})
-    if fixed.written or fixed.removed:
+    if fixed.written or fixed.removed or fixed.strays:
         _log.info(
-            "CDI specs reconciled: %d rewritten, %d orphan(s) removed",
+            "CDI specs reconciled: %d rewritten, %d orphan(s) removed, %d stray temp file(s)",
             len(fixed.written),
             len(fixed.removed),
+            len(fixed.strays),
         )
     _log.info(
         "node %s: %d CPUs online, %d claim(s) prepared (%s), shared pool %s",
@@ -370,8 +554,6 @@ def build_daemon(
         kind,
         state.shared_pool,
     )
-    if config.publish_node_allocatable_resource_mapping:
-        _log.warning("publishNodeAllocatableResourceMapping is not implemented by dracpu; ignored")
     client = KubeClient(
         load_config(kubeconfig=config.kubeconfig or None, env=env), transport=transport
     )
@@ -413,6 +595,7 @@ def build_daemon(
         cgroup_driver=config.cgroup_driver,
         kubelet_cgroup_root=config.kubelet_cgroup_root,
     )
+    daemon.wire_metrics()
     daemon.republish(state)
     return daemon
 
@@ -455,20 +638,38 @@ async def run_daemon(daemon: Daemon, *, stop_grace: float = STOP_GRACE) -> int:
     return 0
 
 
+def _verbosity(flag: int | None, env: str) -> int:
+    """``-v N`` when given, else ``DRACPU_LOG_LEVEL`` as a number or DEBUG/TRACE, else 0."""
+    if flag is not None:
+        return flag
+    text = env.strip().upper()
+    if text.isdigit():
+        return int(text)
+    return {"DEBUG": 4, "TRACE": 6}.get(text, 0)
+
+
 def _exit_late(grace: float) -> None:
     _log.error("not stopped %.0f s after the signal: exiting now", grace)
     logging.shutdown()
     os._exit(EXIT_FAILED)
 
 
-def main(config: RunConfig) -> int:
-    """Entry point of ``dracpu run`` after flag parsing; returns the exit status."""
-    logging.basicConfig(
-        level=os.environ.get("DRACPU_LOG_LEVEL", "INFO").upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def main(
+    config: RunConfig, *, verbosity: int | None = None, log_format: LogFormat = LogFormat.TEXT
+) -> int:
+    """Entry point of ``dracpu run`` after flag parsing; returns the exit status.
+
+    ``verbosity`` is ``-v N``; without it ``DRACPU_LOG_LEVEL`` (a number, or DEBUG -> 4) is
+    used, else 0.
+    """
+    recent = RecentLines()
+    env_level = os.environ.get("DRACPU_LOG_LEVEL", "").strip().upper()
+    configure_logging(_verbosity(verbosity, env_level), log_format, recent=recent)
+    if verbosity is None and env_level in ("WARNING", "ERROR", "CRITICAL"):
+        logging.getLogger().setLevel(env_level)
     try:
         daemon = build_daemon(config)
+        daemon.recent_logs = recent
     except CheckpointVersionError as exc:
         _log.error("refusing to start: %s", exc)
         return EXIT_FAILED

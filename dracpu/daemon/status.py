@@ -81,6 +81,8 @@ def status_document(daemon: Daemon) -> dict[str, Any]:
             "released": list(daemon.released_at_start),
         },
         "group": {"restarts": daemon.restarts, "lastFailure": daemon.last_failure},
+        "endpoint": list(daemon.endpoint_addresses),
+        "hotplug": {"state": daemon.hotplug, "topologyChanges": daemon.topology_changes},
         "timeline": {k: round(v, 4) for k, v in daemon.timeline.items()},
         "effects": {
             "events": times.events,
@@ -96,6 +98,8 @@ def status_document(daemon: Daemon) -> dict[str, Any]:
 async def serve_status(state_dir: Path, render: Any) -> NoReturn:
     """Serve ``render()`` as JSON to every connection on ``<state_dir>/status.sock``.
 
+    The socket is 0600 (root only) and its dir is created 0700.
+
     Cancellation: the socket is closed and its file removed.
     """
     path = state_dir / STATUS_SOCKET
@@ -103,6 +107,7 @@ async def serve_status(state_dir: Path, render: Any) -> NoReturn:
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         await sock.bind(str(path))
+        os.chmod(path, 0o600)  # Before listen: no one connects while it is still open to all.
         sock.listen(16)
         listener = trio.SocketListener(sock)
 
@@ -121,7 +126,7 @@ async def serve_status(state_dir: Path, render: Any) -> NoReturn:
 
 
 def _prepare_socket_path(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
 

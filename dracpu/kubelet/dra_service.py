@@ -157,7 +157,18 @@ class ClaimDispatcher:
 
 
 def _claim_refs(message: Any) -> list[ClaimRef]:
-    return [ClaimRef(namespace=c.namespace, name=c.name, uid=c.uid) for c in message.claims]
+    """The request's claims; a request whose ``claims`` are not Claim messages (the lenient
+    decoder accepts a wrong wire type as a list of numbers) is refused with INVALID_ARGUMENT."""
+    refs = []
+    for index, c in enumerate(message.claims):
+        namespace, name, uid = (getattr(c, f, None) for f in ("namespace", "name", "uid"))
+        if not (isinstance(namespace, str) and isinstance(name, str) and isinstance(uid, str)):
+            raise grpclib.GRPCError(
+                grpclib.const.Status.INVALID_ARGUMENT,
+                f"malformed request: claims[{index}] is not a Claim message",
+            )
+        refs.append(ClaimRef(namespace=namespace, name=name, uid=uid))
+    return refs
 
 
 def _log_failures(operation: str, results: Mapping[str, object]) -> None:

@@ -9,6 +9,8 @@ Two things grpclib does not do on its own are handled here:
 * Stale socket files (from a crashed earlier instance) are removed before listening, and our own
   socket file is removed when we stop, but only if it is still ours (same inode), so a newer
   instance that already replaced it keeps its socket.
+* The socket file is mode 0600 (root, i.e. the kubelet, alone may connect) and a socket
+  directory we create is 0700.
 * ``grpclib.server.Server.close()`` stops listening and cancels running handlers but leaves the
   accepted HTTP/2 connections open, so a client would wait forever on an idle connection. This
   module tracks every accepted connection and aborts it when the block exits, so clients see the
@@ -647,7 +649,7 @@ def _listen(path: Path) -> tuple[socket.socket, ServingSocket]:
             f"socket path longer than {MAX_SOCKET_PATH_BYTES} bytes", path=str(path)
         )
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise KubeletSocketError(
             f"cannot create socket directory ({exc.strerror})", path=str(path)
@@ -656,6 +658,8 @@ def _listen(path: Path) -> tuple[socket.socket, ServingSocket]:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(os.fspath(path))
+        # Only root (the kubelet) may connect; set before listen, so no one connects earlier.
+        os.chmod(path, 0o600)
         sock.listen(socket.SOMAXCONN)
         sock.setblocking(False)
         st = path.lstat()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -165,6 +166,8 @@ class NriPlugin:
         self._write_timeout = write_timeout
         self._session: _Session | None = None
         self._sessions_synchronized = 0
+        self.on_request: Callable[[str, float], None] | None = None
+        """Called with (method, seconds) after each runtime request is answered (metrics)."""
 
     @property
     def name(self) -> str:
@@ -286,6 +289,15 @@ class NriPlugin:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _serve(self, service: str, method: str, payload: bytes) -> bytes:
+        """Dispatch one Plugin-service request; report its duration to :attr:`on_request`."""
+        began = time.perf_counter()
+        try:
+            return await self._dispatch(service, method, payload)
+        finally:
+            if self.on_request is not None:
+                self.on_request(method, time.perf_counter() - began)
+
+    async def _dispatch(self, service: str, method: str, payload: bytes) -> bytes:
         """Dispatch one Plugin-service request of the current session."""
         session = self._session
         if service != PLUGIN_SERVICE:

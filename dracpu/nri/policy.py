@@ -30,7 +30,8 @@ from typing import Protocol
 import trio
 
 from dracpu.core import node
-from dracpu.core.pinning import ContainerUpdate
+from dracpu.core.pinning import ContainerInfo, ContainerUpdate
+from dracpu.logs import V, fields
 from dracpu.nri import translate
 from dracpu.nri.errors import ConnectionClosedError, RpcStatusError
 from dracpu.nri.handler import RuntimeInfo
@@ -187,10 +188,11 @@ class PolicyHandler:
         info = translate.container_info(translate.pod_info(pod), container, kind_of=self.kind_of)
         reply = await self.decider.apply(node.ContainerCreated(info))
         if isinstance(reply, node.RejectContainer):
-            _log.warning("rejected %s: %s", info, reply.reason)
+            _log.warning("rejected %s: %s", info, reply.reason, extra=_where(info))
             raise ContainerRejectedError(reply.reason)
         if not isinstance(reply, node.AdjustContainer):
             raise ContainerRejectedError(f"{info}: the policy gave no answer")
+        _log.log(V(2), "container pinned to CPUs %s", reply.cpus, extra=_where(info))
         return translate.create_response(reply.cpus, reply.updates)
 
     async def create_container_view(self, request: CreateRequestView) -> bytes:
@@ -296,3 +298,8 @@ class ContainerUpdater:
                     "NRI UpdateContainers failed for %s",
                     ", ".join(u.container_id for u in failed),
                 )
+
+
+def _where(info: ContainerInfo) -> dict[str, object]:
+    """Log fields of a container line: its pod and name (the claim is in the message)."""
+    return fields(pod=str(info.pod), container=info.name)

@@ -14,11 +14,13 @@ process do not collide. The allocation gauges are read from a callback at scrape
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
 
 __all__ = ["CONTENT_TYPE_LATEST", "AllocationCounts", "DriverMetrics", "Result"]
 
@@ -110,12 +112,8 @@ class DriverMetrics:
             buckets=_FAST_BUCKETS,
             registry=reg,
         )
-        self.slice_writes = Counter(
-            "dracpu_resourceslice_writes",
-            "ResourceSlice writes to the API server, by verb (create, update, delete).",
-            ["verb"],
-            registry=reg,
-        )
+        self._slice_writes = _SliceWrites()
+        reg.register(self._slice_writes)
         self.checkpoint_write_seconds = Histogram(
             "dracpu_checkpoint_write_duration_seconds",
             "Time of one durable checkpoint write (write, fsync, rename, directory fsync).",
@@ -144,6 +142,15 @@ class DriverMetrics:
         self._reserved.set_function(lambda: read().reserved_cpus)
         self._active.set_function(lambda: read().active_claims)
 
+    def watch_slice_writes(self, read: Callable[[], Mapping[str, int]]) -> None:
+        """Read ``dracpu_resourceslice_writes_total{verb}`` from ``read`` at every scrape (the
+        publisher already counts its writes; nothing is recorded between scrapes)."""
+        self._slice_writes.read = read
+
+    def watch_fallback(self, read: Callable[[], bool]) -> None:
+        """Read ``dracpu_cgroup_fallback_active`` from ``read`` at every scrape."""
+        self.fallback_active.set_function(lambda: 1.0 if read() else 0.0)
+
     def record_prepare(self, result: Result, seconds: float, cpus: int | None = None) -> None:
         """One claim's prepare finished; ``cpus`` is set for a newly successful allocation."""
         self.prepare_claims.labels(result=result.value).inc()
@@ -158,3 +165,27 @@ class DriverMetrics:
     def render(self) -> bytes:
         """The text exposition of every series (``CONTENT_TYPE_LATEST``)."""
         return generate_latest(self.registry)
+
+
+class _SliceWrites(Collector):
+    """``dracpu_resourceslice_writes_total{verb}`` read from a callback at scrape time."""
+
+    def __init__(self) -> None:
+        self.read: Callable[[], Mapping[str, int]] = dict
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "dracpu_resourceslice_writes", _SLICE_WRITES_HELP, labels=["verb"]
+        )
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "dracpu_resourceslice_writes", _SLICE_WRITES_HELP, labels=["verb"]
+        )
+        counts = self.read()
+        for verb in ("create", "update", "delete"):
+            family.add_metric([verb], float(counts.get(verb, 0)))
+        yield family
+
+
+_SLICE_WRITES_HELP = "ResourceSlice writes to the API server, by verb (create, update, delete)."

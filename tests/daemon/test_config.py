@@ -136,10 +136,11 @@ def test_cli_run_flags_reach_the_config(tmp_path: Path) -> None:
     from dracpu.cli import build_parser
 
     path = write(tmp_path, "groupBy: socket\nfullPCPUsOnly: true\n")
-    args = build_parser().parse_args(
-        ["run", "--config", str(path), "--full-pcpus-only=false", "--reserved-cpus", "0"]
-    )
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    argv = ["run", "--config", str(path), "--full-pcpus-only=false", "--reserved-cpus", "0"]
+    args = build_parser().parse_args([*argv, "-v", "4", "--log-format", "json"])
+    assert (args.verbosity, args.log_format) == (4, "json")
+    logging_flags = ("verbosity", "log_format")
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", *logging_flags)}
     cfg = resolve(flags, args.config)
     assert cfg.group_by is GroupBy.SOCKET
     assert cfg.full_pcpus_only is False

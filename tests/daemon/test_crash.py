@@ -61,6 +61,7 @@ class Node:
             "-m",
             "dracpu",
             "run",
+            "--bind-address=127.0.0.1:0",
             f"--kubeconfig={r / 'kubeconfig'}",
             f"--sysfs-root={r / 'sys'}",
             f"--kubelet-root-dir={r / 'kubelet'}",

@@ -78,6 +78,7 @@ async def start(
         nri_socket=overrides.pop("nri_socket", root / "nri.sock"),
         cgroup_root=overrides.pop("cgroup_root", root / "cgroup"),
         release_grace_period=overrides.pop("release_grace_period", 0.0),
+        bind_address=overrides.pop("bind_address", "127.0.0.1:0"),
         **overrides,
     )
     daemon = build_daemon(config, hostname=lambda: NODE, transport=fake.transport, env={})
@@ -138,7 +139,19 @@ async def test_grouped_prepare_unprepare(
         ("cpudevnuma000", ["a"]),
         ("cpudevnuma001", ["b"]),
     ]
-    assert list(devices[0].cdi_device_ids) == ["dra.k8s.io/cpu=claim-u2"]
+    # The claim's CDI device, then its request's KEP-5304 metadata device (on by default).
+    assert list(devices[0].cdi_device_ids) == ["dra.k8s.io/cpu=claim-u2", "dra.cpu/metadata=u2_a"]
+    assert list(devices[1].cdi_device_ids) == ["dra.k8s.io/cpu=claim-u2", "dra.cpu/metadata=u2_b"]
+    meta_dir = root / "kubelet" / "plugins" / "dra.cpu" / "dra-device-metadata" / "ns_claim-u2"
+    meta = json.loads((meta_dir / "a" / "metadata.json").read_text())
+    (entry,) = meta["requests"][0]["devices"]
+    assert entry["name"] == "cpudevnuma000"
+    assert entry["attributes"]["dra.cpu/allocatedNumCPUs"] == {"int": 2}
+    assert entry["attributes"]["dra.cpu/numaNodeID"] == {"int": 0}
+    mount = json.loads((root / "cdi" / "dra.cpu_metadata_u2_a.json").read_text())
+    assert mount["devices"][0]["containerEdits"]["mounts"][0]["hostPath"] == str(
+        meta_dir / "a" / "metadata.json"
+    )
     # The checkpoint holds both; a retry of the same batch gets the same CPUs.
     body = CheckpointStore(root / "state").load().body
     assert body is not None
@@ -162,6 +175,20 @@ async def test_grouped_prepare_unprepare(
     assert all(response.claims[u].error == "" for u in ("u1", "u2", "never"))
     assert r.cdi().read_all() == {}
     assert r.daemon.owner.state.claims == {}
+    assert not meta_dir.exists()
+    assert list((root / "cdi").glob("dra.cpu_metadata_*")) == []
+    r.scope.cancel()
+
+
+async def test_device_metadata_can_be_turned_off(
+    nursery: trio.Nursery, env: tuple[Path, FakeApiServer], api: GrpcioApi
+) -> None:
+    root, fake = env
+    r = await start(nursery, root, fake, device_metadata=False)
+    r.put_claim(claim("u1", [grouped("req", "cpudevnuma000", 2)]))
+    response = await r.call(api, "prepare", "u1")
+    assert list(response.claims["u1"].devices[0].cdi_device_ids) == ["dra.k8s.io/cpu=claim-u1"]
+    assert not (root / "kubelet" / "plugins" / "dra.cpu" / "dra-device-metadata").exists()
     r.scope.cancel()
 
 

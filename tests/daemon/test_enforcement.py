@@ -53,6 +53,12 @@ async def test_pin_shrink_widen_through_the_daemon(
     assert {u["container_id"]: cpus(u) for u in rsp["update"]} == {
         "s1": str(CpuSet.parse("0-15") - got)
     }
+    # The runtime's requests are timed by event; enforcement counts as active for /healthz.
+    scrape = r.daemon.metrics.render().decode()
+    create = 'dracpu_nri_request_duration_seconds_count{event="CreateContainer"} 2.0'
+    assert create in scrape
+    assert "dracpu_cgroup_fallback_active 0.0" in scrape
+    assert {p.name: p.healthy for p in r.daemon.health_parts()}["enforcement"] is True
 
     await peer.command("stop-container", id="e1")
     await peer.command("remove-container", id="e1")
