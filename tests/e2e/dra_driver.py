@@ -145,6 +145,7 @@ def daemon_argv(
         f"--nri-socket={rig.nri_socket}",
         f"--enforcement={enforcement}",
         f"--kubelet-cgroup-root=/{rig.cgroup_parent}",
+        "--bind-address=127.0.0.1:0",  # the endpoint on a free port: no clash with a DaemonSet
     ]
     argv += [f"--{k.replace('_', '-')}={v}" for k, v in flags.items()]
     return argv
