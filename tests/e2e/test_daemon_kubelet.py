@@ -24,9 +24,12 @@ from tests.e2e.dra_driver import DracpuDaemon
 from tests.e2e.kube import (
     RESOURCE,
     Created,
+    busybox_container,
     container_process,
+    event_messages,
     get,
     node_slices,
+    pod_body,
     wait_for,
     wait_running,
 )
@@ -60,10 +63,26 @@ def _scaled(spec: dict[str, Any], cpus: int) -> dict[str, Any]:
 class Example:
     """Upstream's pod and claims, as templates of this test (names suffixed with a tag)."""
 
-    def __init__(self, rig: Rig, docs: list[dict[str, Any]], cpus: int = 1) -> None:
+    def __init__(
+        self,
+        rig: Rig,
+        docs: list[dict[str, Any]],
+        cpus: int = 1,
+        *,
+        pod_index: int = 0,
+        replicated_cpus: bool = True,
+    ) -> None:
+        """``pod_index``: which of the example's pods (with the claims it names);
+        ``replicated_cpus``: the containers repeat the claim's CPU count (rewritten to ``cpus``),
+        as the examples without node-allocatable mapping do."""
         self.tag = uuid.uuid4().hex[:6]
-        self.claims = {d["metadata"]["name"]: d for d in docs if d["kind"] == "ResourceClaim"}
-        (pod,) = [d for d in docs if d["kind"] == "Pod"]
+        pod = [d for d in docs if d["kind"] == "Pod"][pod_index]
+        wanted = {r["resourceClaimName"] for r in pod["spec"]["resourceClaims"]}
+        self.claims = {
+            d["metadata"]["name"]: d
+            for d in docs
+            if d["kind"] == "ResourceClaim" and d["metadata"]["name"] in wanted
+        }
         self.pod = copy.deepcopy(pod)
         self.pod["metadata"]["name"] = self.name = f"{pod['metadata']['name']}-{self.tag}"
         spec = self.pod["spec"]
@@ -72,7 +91,7 @@ class Example:
             ref["resourceClaimTemplateName"] = self._template(ref.pop("resourceClaimName"))
         for c in spec["containers"]:
             c["image"], c["imagePullPolicy"] = rig.pause_image, "Never"
-            for part in ("requests", "limits"):
+            for part in ("requests", "limits") if replicated_cpus else ():
                 if "cpu" in c["resources"].get(part, {}):
                     c["resources"][part]["cpu"] = str(cpus)
         self.cpus = cpus
@@ -227,4 +246,63 @@ def test_machine_mode_opaque_cpuset_config_through_the_kubelet(
     found = check_pod(rig, kube, ex, daemon)
     ((uid, cpus),) = found.values()
     assert cpus == "1"
+    check_deleted(rig, kube, created, ex, daemon, [uid])
+
+
+def test_node_allocatable_mapping_keeps_claimed_cpus_from_plain_pods(
+    rig: Rig,
+    kube: httpx.Client,
+    dracpu_daemon_factory: DaemonFactory,
+    created: Created,
+    dracpu_class: str,
+    tmp_path: Path,
+) -> None:
+    """KEP-5517 on the rig (DRANodeAllocatableResources on in the scheduler and kubelet): the
+    claim's CPU counts against the node's ``cpu``, so a plain pod cannot have it as well."""
+    config = tmp_path / "driver.yaml"
+    config.write_text("apiVersion: v1alpha1\npublishNodeAllocatableResourceMapping: true\n")
+    daemon = dracpu_daemon_factory(cpu_device_mode="grouped", config=str(config))
+    node = get(kube, f"/api/v1/nodes/{rig.node_name}")
+    assert node["status"]["allocatable"]["cpu"] == "2", node["status"]["allocatable"]
+    (dev,) = wait_for(
+        "a device with its node-allocatable mapping",
+        lambda: [
+            d
+            for s in node_slices(kube, rig)
+            for d in s["spec"]["devices"]
+            if d.get("nodeAllocatableResources")
+        ],
+        20,
+    )
+    # The API server kept the field (the gate is on): the claim's dra.cpu/cpu counts as node cpu.
+    assert dev["nodeAllocatableResources"]["cpu"]["mapping"]["capacityKey"] == "dra.cpu/cpu"
+    ex = Example(
+        rig,
+        upstream_example("pod_with_resource_claim_node_allocatable"),
+        replicated_cpus=False,
+    )
+    ex.create(created)  # its container asks for cpu 1m: QoS only, the claim brings 1 CPU
+    ((uid, cpus),) = check_pod(rig, kube, ex, daemon).values()
+
+    def plain(name: str, cpu: str) -> str:
+        res = {"cpu": cpu, "memory": "32Mi"}
+        body = pod_body(
+            f"{name}-{ex.tag}",
+            [busybox_container(rig, "main", "sleep 3600", resources={"requests": res})],
+        )
+        created.pod(body)
+        return str(body["metadata"]["name"])
+
+    # 2 CPUs - 1 claimed - 1m = 999m left: 1500m must not fit (it would without the mapping).
+    big = plain("e2e-big", "1500m")
+    wait_for(
+        "FailedScheduling: Insufficient cpu",
+        lambda: any("Insufficient cpu" in m for m in event_messages(kube, NS, big)),
+        30,
+    )
+    assert get(kube, f"/api/v1/namespaces/{NS}/pods/{big}")["status"]["phase"] == "Pending"
+    small = plain("e2e-small", "500m")
+    sp = wait_running(kube, NS, small)
+    assert container_process(rig, sp, "main").cpus_allowed_list == {"0": "1", "1": "0"}[cpus]
+    created.delete_pod(big)
     check_deleted(rig, kube, created, ex, daemon, [uid])
