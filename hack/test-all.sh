@@ -9,10 +9,20 @@ if just --summary | tr ' ' '\n' | grep -qx gen-check; then just gen-check; fi
 just tools
 just manifests-check
 if just --summary | tr ' ' '\n' | grep -qx rig-up; then
-    trap 'just rig-down || true' EXIT
+    trap 'just undeploy >/dev/null 2>&1 || true; just rig-down || true' EXIT
     just rig-build
     just rig-up
-    .venv/bin/python -m pytest "$@"
+    # Phase 1: everything but the deployed chart. The e2e daemon tests start `dracpu run` as the
+    # node's dra.cpu driver themselves, so no DaemonSet may register the same driver meanwhile.
+    deployed=tests/e2e/test_deployed_driver.py
+    .venv/bin/python -m pytest --ignore="$deployed" "$@"
+    # Phase 2: the image (podman + mmdebstrap, cached in ~/.cache/dracpu/image), the chart on the
+    # rig, the deployed-driver tests, then the chart removed again.
+    archive="$(just image | tail -n 1)"
+    export DRACPU_IMAGE_ARCHIVE="$archive"
+    just deploy
+    .venv/bin/python -m pytest "$deployed" "$@"
+    just undeploy
 else
     .venv/bin/python -m pytest -m "not e2e" "$@"
 fi

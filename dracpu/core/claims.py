@@ -13,8 +13,9 @@ The opaque configuration is upstream's ``api/v1alpha1`` object::
                    "strategy": "packed"}}           # or "spread"
 
 Rules, upstream's where upstream has them: configs of other drivers are ignored; a ``dra.cpu``
-config must come from the claim (``FromClass`` is rejected) and name its requests (a config for
-"all requests" is rejected: per-request config only); at most one config may target a request;
+config must come from the claim (``FromClass`` is rejected); a config without ``requests`` targets
+every request (the scheduler writes a config naming all of a claim's requests that way); at most
+one config may target a request;
 a ``cpuset`` config names exactly one request; unknown fields are rejected at every level.
 
 Every error is a :class:`ClaimError` naming the claim, the request when there is one, and the
@@ -247,8 +248,11 @@ def _base_request(request: str) -> str:
     return request.split("/", 1)[0]
 
 
-def _configs_by_request(configs: object, ref: str, driver: str) -> dict[str, CpuConfig]:
-    """Our driver's opaque configs, keyed by the request name each one targets."""
+def _configs_by_request(
+    configs: object, ref: str, driver: str, all_requests: set[str]
+) -> dict[str, CpuConfig]:
+    """Our driver's opaque configs, keyed by the request name each one targets; a config
+    without ``requests`` targets ``all_requests`` (the base names of this driver's results)."""
     if configs is None:
         return {}
     if not isinstance(configs, Sequence) or isinstance(configs, str):
@@ -273,11 +277,9 @@ def _configs_by_request(configs: object, ref: str, driver: str) -> dict[str, Cpu
                 value=entry.get("source"),
             )
         if not targets:
-            raise ClaimError(
-                f"devices.config[{index}] targets every request; dra.cpu opaque config must "
-                "name its requests (per-request config only)",
-                claim=ref,
-            )
+            # The scheduler clears ``requests`` of a claim config that names every request of
+            # the claim ("empty means all"); upstream matches such a config to every result.
+            targets = sorted(all_requests)
         config = parse_cpu_config(opaque.get("parameters"), claim=ref, request=",".join(targets))
         if config.cpuset is not None and len(targets) != 1:
             raise ClaimError(
@@ -346,7 +348,8 @@ def parse_claim(obj: Mapping[str, Any], *, pool: str, driver: str = DRIVER) -> C
             raise ClaimError(f"devices.results[{index}] is not an object: {result!r}", claim=label)
         if result.get("driver") == driver:
             ours.append(result)
-    configs = _configs_by_request(devices.get("config"), label, driver)
+    every = {_base_request(str(r.get("request", ""))) for r in ours}
+    configs = _configs_by_request(devices.get("config"), label, driver, every)
     results: list[DeviceResult] = []
     for result in ours:
         request = _str_field(result, "request", claim=label, where="devices.results[]")

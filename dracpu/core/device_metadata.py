@@ -34,8 +34,10 @@ CONTAINER_DIR = "/var/run/kubernetes.io/dra-device-attributes"
 METADATA_SUBDIR = "dra-device-metadata"
 POD_CLAIM_NAME_ANNOTATION = "resource.kubernetes.io/pod-claim-name"
 ALLOCATED_NUM_CPUS = "dra.cpu/allocatedNumCPUs"
-CDI_MOUNT_VERSION = "0.3.0"
-"""The oldest CDI spec version with ``mounts`` (what ``MinimumRequiredVersion`` picks)."""
+CDI_MOUNT_VERSION = "0.5.0"
+"""CDI spec version of the metadata spec: ``mounts`` need 0.3.0, and a device name starting with
+a digit (``<claim uid>_<request>``, when the UID does) needs 0.5.0; containerd's CDI cache refuses
+the whole spec otherwise ("the spec version must be at least v0.5.0"), failing CreateContainer."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -229,10 +229,21 @@ def test_config_from_class_is_rejected() -> None:
         parse_claim(claim_json(config=[opaque(params, source="FromClass")]), pool=POOL)
 
 
-def test_config_for_every_request_is_rejected() -> None:
-    params = {"apiVersion": "v1alpha1", "cpuConfig": {}}
-    with pytest.raises(ClaimError, match="per-request config only"):
-        parse_claim(claim_json(config=[opaque(params, requests=[])]), pool=POOL)
+def test_config_without_requests_targets_every_request() -> None:
+    # kube-scheduler clears `requests` when a claim config names all of the claim's requests.
+    params = {"apiVersion": "v1alpha1", "cpuConfig": {"cpuset": "3"}}
+    claim = parse_claim(claim_json(config=[opaque(params, requests=[])]), pool=POOL)
+    assert [str(r.config.cpuset) for r in claim.results] == ["3"]
+
+
+def test_cpuset_config_without_requests_in_a_two_request_claim_is_rejected() -> None:
+    results = [
+        {"request": name, "driver": "dra.cpu", "pool": POOL, "device": f"cpudev00{i}"}
+        for i, name in enumerate(["a", "b"])
+    ]
+    params = {"apiVersion": "v1alpha1", "cpuConfig": {"cpuset": "3"}}
+    with pytest.raises(ClaimError, match="exactly one"):
+        parse_claim(claim_json(results, config=[opaque(params, requests=[])]), pool=POOL)
 
 
 def test_two_configs_for_one_request_are_rejected() -> None:

@@ -92,3 +92,21 @@ def test_plain_claim_individual_devices_share_one_request_file() -> None:
     assert out[1].metadata_body["requests"][0]["name"] == "more/sub"
     assert out[1].metadata_path.startswith(claim_metadata_dir("/k/plugins/dra.cpu", "ns", "claim"))
     assert cdi_spec_glob("dra.cpu", "u2") == "dra.cpu_metadata_u2_*.json"
+
+
+def test_cdi_spec_version_allows_a_device_name_starting_with_a_digit() -> None:
+    # CDI requires spec version 0.5.0 for device names that start with a digit; claim UIDs often
+    # do, and containerd then refuses the spec and the container ("unresolvable CDI devices").
+    (files,) = metadata_files(
+        driver="dra.cpu",
+        plugin_data_dir="/var/lib/kubelet/plugins/dra.cpu",
+        cdi_dir="/var/run/cdi",
+        namespace="team",
+        name="c",
+        uid="1bf92f4f-f1af-4e88-8592-ee6557edb001",
+        pod_claim_name=None,
+        devices=[MetadataDevice("req", "node1", "cpudevnuma001", NUMA_ATTRS, allocated_cpus=1)],
+    )
+    assert files.cdi_spec["devices"][0]["name"][0].isdigit()
+    major, minor, _ = (int(p) for p in files.cdi_spec["cdiVersion"].split("."))
+    assert (major, minor) >= (0, 5)

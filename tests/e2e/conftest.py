@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e.dra_driver import DraDriver, DriverCommand, DriverFactory, plugin_argv
+from tests.e2e.dra_driver import (
+    DracpuDaemon,
+    DraDriver,
+    DriverCommand,
+    DriverFactory,
+    daemon_argv,
+    plugin_argv,
+)
 from tests.e2e.kube import RESOURCE, Created, kube_client
 from tests.e2e.rig import Rig, current, rig_is_up
 
@@ -44,12 +51,19 @@ def dra_driver_command() -> DriverCommand:
 def dra_driver_factory(
     rig: Rig, tmp_path: Path, dra_driver_command: DriverCommand
 ) -> Iterator[DriverFactory]:
-    """Start DRA driver processes (``factory(devices=2, fail_prepare=0)``); all are stopped at
-    the end, after the pods (the ``pods`` fixture depends on this one)."""
+    """Start DRA driver processes (``factory(devices=2, fail_prepare=0)``, or the daemon:
+    ``factory(daemon=True, cpu_device_mode="individual", state_dir=...)``); all are stopped at
+    the end, after the pods (the ``created`` fixture depends on this one)."""
     started: list[DraDriver] = []
 
-    def factory(**opts: Any) -> DraDriver:
+    def factory(*, daemon: bool = False, state_dir: Path | None = None, **opts: Any) -> DraDriver:
         n = len(started)
+        if daemon:
+            state = state_dir or tmp_path / f"dracpu-{n}.state"
+            log = tmp_path / f"dracpu-{n}.log"
+            drv: DraDriver = DracpuDaemon(rig, daemon_argv(rig, state, **opts), log, state)
+            started.append(drv)
+            return drv.start()
         calls = tmp_path / f"driver-{n}.calls.jsonl"
         argv = dra_driver_command(rig, calls, driver=DRIVER, **opts)
         drv = DraDriver(rig, argv, calls, tmp_path / f"driver-{n}.log", DRIVER)
@@ -91,3 +105,32 @@ def device_class(created: Created) -> str:
         },
     )
     return name
+
+
+@pytest.fixture
+def dracpu_daemon_factory(dra_driver_factory: DriverFactory) -> Callable[..., DracpuDaemon]:
+    """Start ``dracpu run`` as the node's DRA driver (flags as keywords, see
+    :func:`tests.e2e.dra_driver.daemon_argv`); stopped after the test's pods are gone."""
+
+    def factory(**opts: Any) -> DracpuDaemon:
+        drv = dra_driver_factory(daemon=True, **opts)
+        assert isinstance(drv, DracpuDaemon)
+        return drv
+
+    return factory
+
+
+@pytest.fixture
+def dracpu_class(created: Created, kube: httpx.Client) -> str:
+    """The chart's DeviceClass ``dra.cpu`` (deploy/helm/dracpu/templates/deviceclass.yaml), which
+    upstream's example claims name; made here unless the deployed chart already has it."""
+    path = f"{RESOURCE}/deviceclasses/dra.cpu"
+    if kube.get(path).status_code == 404:
+        created.post(
+            f"{RESOURCE}/deviceclasses",
+            {
+                "metadata": {"name": "dra.cpu"},
+                "spec": {"selectors": [{"cel": {"expression": 'device.driver == "dra.cpu"'}}]},
+            },
+        )
+    return "dra.cpu"

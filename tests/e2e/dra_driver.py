@@ -120,6 +120,72 @@ class DraDriver:
         return sum(1 for c in self.calls("unprepare") if c["uid"] == uid)
 
 
+def daemon_argv(
+    rig: Rig,
+    state_dir: Path,
+    *,
+    driver: str = "dra.cpu",
+    enforcement: str = "nri",
+    **flags: str,
+) -> list[str]:
+    """Command line of ``dracpu run`` as the rig node's DRA driver: the rig's kubeconfig, kubelet
+    root, CDI dir, NRI socket and kubelet ``cgroupRoot``; ``flags`` are more ``--flag=value``
+    options (underscores become dashes: ``cpu_device_mode="individual"``)."""
+    assert driver == "dra.cpu", driver
+    argv = [
+        sys.executable,
+        "-m",
+        "dracpu",
+        "run",
+        f"--kubeconfig={rig.kubeconfig}",
+        f"--hostname-override={rig.node_name}",
+        f"--kubelet-root-dir={rig.kubelet_root}",
+        f"--cdi-dir={rig.cdi_dir}",
+        f"--state-dir={state_dir}",
+        f"--nri-socket={rig.nri_socket}",
+        f"--enforcement={enforcement}",
+        f"--kubelet-cgroup-root=/{rig.cgroup_parent}",
+        "--bind-address=127.0.0.1:0",  # the endpoint on a free port: no clash with a DaemonSet
+    ]
+    argv += [f"--{k.replace('_', '-')}={v}" for k, v in flags.items()]
+    return argv
+
+
+REGISTERED = "registered with the kubelet"
+REJECTED = "kubelet rejected the plugin registration"
+
+
+class DracpuDaemon(DraDriver):
+    """``dracpu run`` as the driver: registrations are read from its log (it keeps no call log);
+    ``state_dir`` holds its checkpoint and status socket, and survives a restart."""
+
+    def __init__(self, rig: Rig, argv: Sequence[str], log: Path, state_dir: Path) -> None:
+        super().__init__(rig, argv, log.with_suffix(".none"), log, "dra.cpu")
+        self.state_dir = state_dir
+
+    def registrations(self) -> list[dict[str, Any]]:
+        if not self.log.exists():
+            return []
+        out: list[dict[str, Any]] = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            if REGISTERED in line:
+                out.append({"op": "registered", "registered": True, "error": ""})
+            elif REJECTED in line:
+                out.append({"op": "registered", "registered": False, "error": line})
+        return out
+
+    def status(self) -> dict[str, Any]:
+        """``dracpu status --json`` of this daemon (its state dir)."""
+        r = subprocess.run(
+            [sys.executable, "-m", "dracpu", "status", f"--state-dir={self.state_dir}", "--json"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            check=False,
+        )
+        doc: dict[str, Any] = json.loads(r.stdout)
+        return doc
+
+
 # Starts one driver process with options (``devices=``, ``fail_prepare=``) and waits for the
 # kubelet to register it (the ``dra_driver_factory`` fixture).
 DriverFactory = Callable[..., DraDriver]

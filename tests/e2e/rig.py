@@ -194,6 +194,11 @@ class Rig:
         """``hack/rig/kubelet.sh start|stop|restart`` (returns once healthz answers)."""
         return HACK_DIR / "kubelet.sh"
 
+    @property
+    def containerd_restart_script(self) -> Path:
+        """``hack/rig/containerd-restart.sh`` (returns once CRI and the NRI socket are back)."""
+        return HACK_DIR / "containerd-restart.sh"
+
     def binary(self, name: str) -> Path:
         """Path of a rig binary (``kube-apiserver``, ``etcd``, ``containerd``, ``ctr`` ...)."""
         return self.bin_dir / name

@@ -187,20 +187,28 @@ def test_driver_token_cannot_write_another_nodes_slices(rig: Rig, installed: htt
             headers={"Authorization": f"Bearer {token}"},
         ) as driver:
             other = wait_rejected(driver, f"{RESOURCE}/resourceslices", slice_body("other-node"))
+            refusal = f"on node {rig.node_name} may write only that node's ResourceSlices"
             assert other.status_code == 403, other.text
-            assert f"on node {rig.node_name} may write only that node's ResourceSlices" in (
-                message(other)
-            )
+            assert refusal in message(other), message(other)
             own = driver.post(f"{RESOURCE}/resourceslices", json=slice_body(rig.node_name))
             assert own.status_code == 201, own.text
             slices.append(own.json()["metadata"]["name"])
-            moved = dict(own.json())
-            moved["spec"] = {**moved["spec"], "nodeName": "other-node"}
-            r = driver.put(f"{RESOURCE}/resourceslices/{slices[0]}", json=moved)
-            assert r.status_code == 403, r.text
-            r = driver.delete(f"{RESOURCE}/resourceslices/{slices[0]}")
+            # spec.nodeName is immutable (422 before any policy runs), so the writes the policy
+            # must refuse are updates and deletes of a slice another node's driver owns.
+            r = installed.post(f"{RESOURCE}/resourceslices", json=slice_body("other-node"))
+            assert r.status_code == 201, r.text
+            foreign = r.json()
+            slices.append(foreign["metadata"]["name"])
+            path = f"{RESOURCE}/resourceslices/{foreign['metadata']['name']}"
+            bumped = {**foreign, "spec": {**foreign["spec"], "pool": {**foreign["spec"]["pool"]}}}
+            bumped["spec"]["pool"]["generation"] = 2
+            for r in (driver.put(path, json=bumped), driver.delete(path)):
+                assert r.status_code == 403, r.text
+                assert refusal in message(r), message(r)
+            assert installed.get(path).json()["spec"]["pool"]["generation"] == 1
+            r = driver.delete(f"{RESOURCE}/resourceslices/{own.json()['metadata']['name']}")
             assert r.status_code == 200, r.text
-            slices.clear()
+            slices.remove(own.json()["metadata"]["name"])
     finally:
         for name in slices:
             installed.delete(f"{RESOURCE}/resourceslices/{name}")

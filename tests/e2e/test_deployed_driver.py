@@ -91,16 +91,19 @@ def wait_for(what: str, check: Any, timeout: float = 120) -> Any:
 
 
 def test_pod_runs_on_the_rig_node_and_publishes_slices(deployed: httpx.Client, rig: Rig) -> None:
-    pods = driver_pods(deployed)
-    assert len(pods) == 1
+    # helm --wait returns once the DaemonSet's pod is scheduled and started; the readiness probe
+    # (/healthz: slices in sync, registered, NRI connected) turns it Ready a few seconds later.
+    pods = wait_for("a Ready driver pod", lambda: [p for p in driver_pods(deployed) if ready(p)])
+    assert len(driver_pods(deployed)) == 1
     assert pods[0]["spec"]["nodeName"] == rig.node_name
-    assert ready(pods[0])
+    assert pods[0]["spec"]["hostNetwork"] is True
     slices = wait_for("the node's slices", lambda: node_slices(deployed, rig))
     assert all(s["metadata"]["ownerReferences"][0]["kind"] == "Node" for s in slices)
 
 
 def test_helm_upgrade_with_a_changed_flag_rolls_the_pod(deployed: httpx.Client, rig: Rig) -> None:
-    before = driver_pods(deployed)[0]["metadata"]["uid"]
+    (pod,) = wait_for("a Ready driver pod", lambda: [p for p in driver_pods(deployed) if ready(p)])
+    before = pod["metadata"]["uid"]
     deploy(rig, "deploy", "--set", "args.strategy=spread")
 
     def rolled() -> dict[str, Any] | None:

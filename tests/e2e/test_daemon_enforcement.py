@@ -1,0 +1,266 @@
+"""dracpu's CPU enforcement through the rig's real containerd NRI, pods run by the real kubelet.
+
+``dracpu run --enforcement=nri`` (grouped by NUMA node, nothing reserved, 2 CPUs) is the node's
+DRA driver. Pins are read from ``/proc/<pid>/status`` (``Cpus_allowed_list``) of the container's
+init process on the host, and a shared container also prints its own view (its log, read through
+the API). Rejections reach the pod's events through containerd and the kubelet.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.dra_driver import DracpuDaemon
+from tests.e2e.kube import (
+    RESOURCE,
+    Created,
+    busybox_container,
+    container_process,
+    event_messages,
+    get,
+    node_slices,
+    pod_body,
+    pod_log,
+    wait_for,
+    wait_running,
+)
+from tests.e2e.rig import Rig
+
+pytestmark = pytest.mark.e2e
+
+NS = "default"
+ONE_CPU = {"cpu": "1", "memory": "64Mi"}
+DaemonFactory = Callable[..., DracpuDaemon]
+# Prints its own affinity every 0.3 s (the grep child inherits the shell's, which NRI moves).
+WATCH_SELF = "while true; do grep Cpus_allowed_list /proc/self/status; sleep 0.3; done"
+
+
+def _tag() -> str:
+    return uuid.uuid4().hex[:6]
+
+
+def _daemon(factory: DaemonFactory, kube: httpx.Client, rig: Rig, **opts: Any) -> DracpuDaemon:
+    drv = factory(cpu_device_mode="grouped", group_by="numanode", **opts)
+    wait_for("published slice", lambda: node_slices(kube, rig), 20)
+    return drv
+
+
+def _template(created: Created, name: str, cpus: int = 1) -> None:
+    request = {
+        "name": "cpus",
+        "exactly": {
+            "deviceClassName": "dra.cpu",
+            "capacity": {"requests": {"dra.cpu/cpu": str(cpus)}},
+        },
+    }
+    created.post(
+        f"{RESOURCE}/namespaces/{NS}/resourceclaimtemplates",
+        {"metadata": {"name": name}, "spec": {"spec": {"devices": {"requests": [request]}}}},
+    )
+
+
+def _claim_pod(rig: Rig, name: str, template: str, containers: int = 1) -> dict[str, Any]:
+    """Option B: each container asks for 1 CPU and uses claim ``cpus``."""
+    return pod_body(
+        name,
+        [
+            busybox_container(
+                rig,
+                f"c{i}",
+                "sleep 3600",
+                resources={"requests": ONE_CPU, "limits": ONE_CPU, "claims": [{"name": "cpus"}]},
+            )
+            for i in range(containers)
+        ],
+        resourceClaims=[{"name": "cpus", "resourceClaimTemplateName": template}],
+    )
+
+
+def _shared_pod(rig: Rig, name: str, **extra: Any) -> dict[str, Any]:
+    return pod_body(name, [busybox_container(rig, "main", WATCH_SELF, **extra)])
+
+
+def _seen_inside(kube: httpx.Client, name: str) -> str:
+    """The last ``Cpus_allowed_list`` the shared container printed about itself."""
+    lines = [ln for ln in pod_log(kube, NS, name, "main").splitlines() if ln.strip()]
+    return lines[-1].split(":", 1)[1].strip() if lines else ""
+
+
+def _claim_cpus(kube: httpx.Client, pod: dict[str, Any]) -> tuple[str, str]:
+    (st,) = pod["status"]["resourceClaimStatuses"]
+    claim = get(kube, f"{RESOURCE}/namespaces/{NS}/resourceclaims/{st['resourceClaimName']}")
+    uid: str = claim["metadata"]["uid"]
+    path = f"{RESOURCE}/namespaces/{NS}/resourceclaims/{st['resourceClaimName']}"
+
+    def data() -> str:
+        for dev in get(kube, path).get("status", {}).get("devices", []):
+            if dev.get("data"):
+                return str(dev["data"]["claimCpuset"])
+        return ""
+
+    return uid, wait_for("claim status.devices data", data, 20)
+
+
+def test_exclusive_pin_and_the_shared_pool_shrinking_and_widening(
+    rig: Rig,
+    kube: httpx.Client,
+    dracpu_daemon_factory: DaemonFactory,
+    created: Created,
+    dracpu_class: str,
+) -> None:
+    _daemon(dracpu_daemon_factory, kube, rig)
+    tag = _tag()
+    shared = f"e2e-shared-{tag}"
+    created.pod(_shared_pod(rig, shared))
+    sp = wait_running(kube, NS, shared)
+    wait_for("shared container sees 0-1", lambda: _seen_inside(kube, shared) == "0-1", 20)
+    assert container_process(rig, sp, "main").cpus_allowed_list == "0-1"
+
+    _template(created, f"e2e-{tag}")
+    excl = f"e2e-excl-{tag}"
+    created.pod(_claim_pod(rig, excl, f"e2e-{tag}"))
+    ep = wait_running(kube, NS, excl, timeout=90)
+    uid, cpus = _claim_cpus(kube, ep)
+    proc = container_process(rig, ep, "c0")
+    assert proc.environ[f"DRA_CPUSET_{uid}"] == cpus
+    assert proc.cpus_allowed_list == cpus
+    rest = {"0": "1", "1": "0"}[cpus]
+    wait_for(f"shared pool shrinks to {rest}", lambda: _seen_inside(kube, shared) == rest, 20)
+    assert container_process(rig, sp, "main").cpus_allowed_list == rest
+
+    created.delete_pod(excl)
+    wait_for("shared pool widens to 0-1", lambda: _seen_inside(kube, shared) == "0-1", 30)
+    assert container_process(rig, sp, "main").cpus_allowed_list == "0-1"
+
+
+def test_forged_cpuset_env_is_rejected(
+    rig: Rig,
+    kube: httpx.Client,
+    dracpu_daemon_factory: DaemonFactory,
+    created: Created,
+    dracpu_class: str,
+) -> None:
+    _daemon(dracpu_daemon_factory, kube, rig)
+    forged = str(uuid.uuid4())
+    name = f"e2e-forged-{_tag()}"
+    created.pod(_shared_pod(rig, name, env=[{"name": f"DRA_CPUSET_{forged}", "value": "0"}]))
+    want = f"names claim {forged}, which is not prepared on this node"
+    messages = wait_for(
+        "CreateContainer refused",
+        lambda: [m for m in event_messages(kube, NS, name) if want in m],
+        40,
+    )
+    assert messages[0].startswith("Failed"), messages
+    pod = get(kube, f"/api/v1/namespaces/{NS}/pods/{name}")
+    assert pod["status"]["phase"] == "Pending", pod["status"]
+
+
+def test_claim_used_by_a_second_container_is_rejected(
+    rig: Rig,
+    kube: httpx.Client,
+    dracpu_daemon_factory: DaemonFactory,
+    created: Created,
+    dracpu_class: str,
+) -> None:
+    _daemon(dracpu_daemon_factory, kube, rig)
+    tag = _tag()
+    _template(created, f"e2e-{tag}")
+    name = f"e2e-two-{tag}"
+    created.pod(_claim_pod(rig, name, f"e2e-{tag}", containers=2))
+    want = "a claim has one consumer"
+    messages = wait_for(
+        "second container refused",
+        lambda: [m for m in event_messages(kube, NS, name) if want in m],
+        60,
+    )
+    assert "c1" in messages[0] or "c0" in messages[0], messages
+    pod = get(kube, f"/api/v1/namespaces/{NS}/pods/{name}")
+    running = [
+        s["name"] for s in pod["status"].get("containerStatuses", []) if "running" in s["state"]
+    ]
+    assert len(running) <= 1, pod["status"]["containerStatuses"]
+
+
+def test_daemon_killed_and_restarted_moves_nothing(
+    rig: Rig,
+    kube: httpx.Client,
+    dracpu_daemon_factory: DaemonFactory,
+    created: Created,
+    dracpu_class: str,
+) -> None:
+    first = _daemon(dracpu_daemon_factory, kube, rig)
+    tag = _tag()
+    _template(created, f"e2e-{tag}")
+    excl, shared = f"e2e-excl-{tag}", f"e2e-shared-{tag}"
+    created.pod(_claim_pod(rig, excl, f"e2e-{tag}"))
+    created.pod(_shared_pod(rig, shared))
+    ep = wait_running(kube, NS, excl, timeout=90)
+    sp = wait_running(kube, NS, shared)
+    uid, cpus = _claim_cpus(kube, ep)
+    rest = {"0": "1", "1": "0"}[cpus]
+    wait_for("shared pool settled", lambda: _seen_inside(kube, shared) == rest, 20)
+    held = first.status()["claims"]
+
+    first.stop(signal.SIGKILL)
+    second = dracpu_daemon_factory(
+        cpu_device_mode="grouped", group_by="numanode", state_dir=first.state_dir
+    )
+    assert [c["uid"] for c in second.status()["claims"]] == [c["uid"] for c in held]
+    assert [(c["uid"], c["cpus"]) for c in second.status()["claims"]] == [(uid, cpus)]
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:  # sampled for a while: nothing moves after the restart
+        assert container_process(rig, ep, "c0").cpus_allowed_list == cpus
+        assert container_process(rig, sp, "main").cpus_allowed_list == rest
+        time.sleep(0.3)
+    assert _seen_inside(kube, shared) == rest
+    log = second.log.read_text()
+    assert "NRI: plugin 90-dra.cpu registered and synchronized" in log, log[-2000:]
+    pod = get(kube, f"/api/v1/namespaces/{NS}/pods/{excl}")
+    assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
+
+
+def test_containerd_restart_keeps_the_pins_and_nri_comes_back(
+    rig: Rig,
+    kube: httpx.Client,
+    dracpu_daemon_factory: DaemonFactory,
+    created: Created,
+    dracpu_class: str,
+) -> None:
+    drv = _daemon(dracpu_daemon_factory, kube, rig)
+    tag = _tag()
+    _template(created, f"e2e-{tag}")
+    excl, shared = f"e2e-excl-{tag}", f"e2e-shared-{tag}"
+    created.pod(_claim_pod(rig, excl, f"e2e-{tag}"))
+    created.pod(_shared_pod(rig, shared))
+    ep = wait_running(kube, NS, excl, timeout=90)
+    sp = wait_running(kube, NS, shared)
+    _, cpus = _claim_cpus(kube, ep)
+    rest = {"0": "1", "1": "0"}[cpus]
+    wait_for("shared pool settled", lambda: _seen_inside(kube, shared) == rest, 20)
+    synced = "NRI: plugin 90-dra.cpu registered and synchronized"
+    before = drv.log.read_text().count(synced)
+
+    subprocess.run([str(rig.containerd_restart_script)], check=True, timeout=90)
+    # dracpu reconnects to the new containerd's NRI socket (its backoff) and synchronizes.
+    wait_for(
+        "dracpu re-registered with NRI", lambda: drv.log.read_text().count(synced) > before, 60
+    )
+    assert container_process(rig, ep, "c0").cpus_allowed_list == cpus
+    assert container_process(rig, sp, "main").cpus_allowed_list == rest
+    assert _seen_inside(kube, shared) == rest
+    # A container created after the restart is placed by dracpu again: the shared pool.
+    late = f"e2e-late-{tag}"
+    created.pod(_shared_pod(rig, late))
+    lp = wait_running(kube, NS, late, timeout=60)
+    assert container_process(rig, lp, "main").cpus_allowed_list == rest
+    for name in (excl, shared):
+        pod = get(kube, f"/api/v1/namespaces/{NS}/pods/{name}")
+        assert pod["status"]["containerStatuses"][0]["restartCount"] == 0, pod["status"]
