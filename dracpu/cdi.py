@@ -20,16 +20,15 @@ others (:meth:`CdiDir.reconcile`).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dracpu.atomic_file import write_atomic
 from dracpu.core.cdi import (
     CDI_CLASS,
     CDI_VENDOR,
@@ -105,17 +104,7 @@ class CdiDir:
         target = self.path(uid)
         data = json.dumps(spec_document(uid, cpus), separators=(",", ":")).encode() + b"\n"
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=".tmp", dir=self.root)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, target)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            write_atomic(target, data, tmp_prefix=_TMP_PREFIX)
         except OSError as exc:
             raise CdiError(f"cannot write CDI spec {target}: {exc}") from exc
         return target

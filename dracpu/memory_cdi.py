@@ -13,16 +13,15 @@ start the daemon rewrites the specs of every prepared claim and removes the othe
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dracpu.atomic_file import write_atomic
 from dracpu.cdi import CdiError
 from dracpu.core.cdi import CDI_SPEC_VERSION
 from dracpu.core.memory_prepare import CDI_CLASS, CDI_KIND, CDI_VENDOR, cdi_device_name
@@ -70,17 +69,7 @@ class MemoryCdiDir:
         doc = memory_spec_document(uid, env)
         data = json.dumps(doc, separators=(",", ":")).encode() + b"\n"
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix="spec.", suffix=".tmp", dir=self.root)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                os.chmod(tmp, 0o644)
-                os.replace(tmp, target)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            write_atomic(target, data, tmp_prefix="dracpu-spec.")
         except OSError as exc:
             raise CdiError(f"cannot write CDI spec {target}: {exc}") from exc
         return target

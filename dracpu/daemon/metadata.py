@@ -13,14 +13,12 @@ fsynced (a crash before the kubelet's answer makes it call prepare again, which 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from dracpu.atomic_file import write_atomic
 from dracpu.core import device_metadata as dm
 from dracpu.errors import DracpuError
 
@@ -33,17 +31,7 @@ class MetadataError(DracpuError):
 
 def _write_atomic(target: Path, data: bytes) -> None:
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".meta.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        write_atomic(target, data, tmp_prefix=".meta.")
     except OSError as exc:
         raise MetadataError(f"cannot write device metadata {target}: {exc}") from exc
 
