@@ -21,7 +21,11 @@ step "deploying dracpu in grouped mode (builds the image on first use: ~3 min)"
 just deploy --set args.cpuDeviceMode=grouped
 step "a pod claiming 1 CPU of a NUMA-node device"
 "$kubectl_py" -m hack.demo_pods run grouped
-step "helm upgrade to individual mode (rolls the DaemonSet; the grouped pod keeps its CPU)"
+step "removing the grouped pod, then helm upgrade to individual mode (rolls the DaemonSet)"
+# A claim prepared through a grouped device is not known to the scheduler as holding an
+# individual device, so switching modes with it still running gets a per-claim "stale
+# allocation" error from dracpu for the CPU it holds (docs/install.md).
+"$kubectl_py" -m hack.demo_pods delete
 just deploy --set args.cpuDeviceMode=individual
 step "a pod claiming one individual CPU device"
 "$kubectl_py" -m hack.demo_pods run individual

@@ -20,10 +20,7 @@ import yaml
 
 RIG = Path("/var/lib/dracpu-rig")
 NAMESPACE = "dracpu-demo"
-PODS = {
-    "grouped": "cpudevnuma",
-    "individual": "cpudev0",
-}
+PODS = ("grouped", "individual")
 
 
 def client() -> httpx.Client:
@@ -35,8 +32,9 @@ def client() -> httpx.Client:
     return httpx.Client(base_url=cluster["server"], verify=ctx, timeout=30)
 
 
-def template(name: str, prefix: str) -> dict[str, Any]:
-    """A claim template for one CPU; ``prefix`` picks grouped or individual devices by name."""
+def template(name: str) -> dict[str, Any]:
+    """A claim template for one CPU. dracpu publishes one device mode at a time, so no selector
+    is needed: a grouped device is asked for 1 CPU of its capacity, an individual one is 1 CPU."""
     return {
         "apiVersion": "resource.k8s.io/v1",
         "kind": "ResourceClaimTemplate",
@@ -49,12 +47,9 @@ def template(name: str, prefix: str) -> dict[str, Any]:
                             "name": "cpu",
                             "exactly": {
                                 "deviceClassName": "dra.cpu",
-                                "selectors": [
-                                    {"cel": {"expression": f'device.name.startsWith("{prefix}")'}}
-                                ],
                                 **(
                                     {"capacity": {"requests": {"dra.cpu/cpu": "1"}}}
-                                    if prefix == "cpudevnuma"
+                                    if name == "grouped"
                                     else {}
                                 ),
                             },
@@ -67,7 +62,12 @@ def template(name: str, prefix: str) -> dict[str, Any]:
 
 
 def pod(name: str) -> dict[str, Any]:
-    script = "grep Cpus_allowed_list /proc/self/status; env | grep DRA_CPUSET_ || true; sleep 3600"
+    # PID 1's environ: sh drops variables whose names are not identifiers (the claim UID has
+    # dashes) from what its children see.
+    script = (
+        "grep Cpus_allowed_list /proc/self/status; "
+        "tr '\\0' '\\n' < /proc/1/environ | grep DRA_CPUSET_ || true; sleep 3600"
+    )
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -99,7 +99,7 @@ def run(name: str) -> None:
     with client() as http:
         create(http, "/api/v1/namespaces", {"metadata": {"name": NAMESPACE}})
         base = f"/apis/resource.k8s.io/v1/namespaces/{NAMESPACE}/resourceclaimtemplates"
-        create(http, base, template(name, PODS[name]))
+        create(http, base, template(name))
         create(http, f"/api/v1/namespaces/{NAMESPACE}/pods", pod(name))
         deadline = time.monotonic() + 90
         while True:
