@@ -28,7 +28,7 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import trio
 
@@ -280,22 +280,11 @@ def _with_cdi_failures(reply: Reply, failed: Mapping[str, str]) -> Reply:
     """Turn the claims whose CDI file could not be written or removed into failures."""
     if not failed:
         return reply
-    if isinstance(reply, node.ReplyPrepare):
-        prepared: dict[str, node.PrepareOutcome] = dict(reply.results)
+    if isinstance(reply, node.ReplyPrepare | node.ReplyPrepareMemory | node.ReplyUnprepare):
+        results: dict[str, Any] = dict(reply.results)
         for uid, error in failed.items():
-            if uid in prepared:
-                prepared[uid] = node.ClaimFailed(error)
-        return dataclasses.replace(reply, results=prepared)
-    if isinstance(reply, node.ReplyPrepareMemory):
-        memory: dict[str, node.MemoryPrepareOutcome] = dict(reply.results)
-        for uid, error in failed.items():
-            if uid in memory:
-                memory[uid] = node.ClaimFailed(error)
-        return dataclasses.replace(reply, results=memory)
-    if isinstance(reply, node.ReplyUnprepare):
-        unprepared: dict[str, node.UnprepareOutcome] = dict(reply.results)
-        for uid, error in failed.items():
-            if uid in unprepared:
-                unprepared[uid] = node.ClaimFailed(error)
-        return dataclasses.replace(reply, results=unprepared)
+            if uid in results:
+                results[uid] = node.ClaimFailed(error)
+        # mypy cannot type dataclasses.replace over a union; each member has ``results``.
+        return dataclasses.replace(cast(Any, reply), results=results)  # type: ignore[no-any-return]
     return reply
