@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def bench() -> ModuleType:
     spec = importlib.util.spec_from_file_location("bench_churn", REPO / "bench" / "bench_churn.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules.setdefault("bench_churn", module)
     spec.loader.exec_module(module)
@@ -61,11 +62,13 @@ def test_pod_watch_records_start_done_and_delete_once() -> None:
     assert w.times("p").started == 0.0
     event("MODIFIED", "Pending", "terminated", "2")
     started = w.times("p").started
-    assert started > 0 and w.times("p").done == 0.0
+    assert started > 0
+    assert w.times("p").done == 0.0
     event("MODIFIED", "Succeeded", "terminated", "3")
     event("DELETED", "Succeeded", "terminated", "4")
     t = w.times("p")
-    assert t.started == started and t.done >= started and t.deleted >= t.done
+    assert t.started == started
+    assert t.deleted >= t.done >= started
     assert t.phase == "Succeeded"
 
 
