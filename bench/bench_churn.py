@@ -70,6 +70,7 @@ DRIVER = "dra.cpu"
 CLASS = "dra.cpu"
 BENCH_NODE = "churn-bench-node"
 CDI_PREFIX = "dra.k8s.io-cpu_claim-"
+POD_TIMEOUT = 180.0
 
 
 # ------------------------------------------------------------------------------ figures
@@ -278,8 +279,9 @@ def churn(
             while len(inflight) >= window:
                 watch.cond.wait(0.5)
                 reap()
-                if time.monotonic() - began > 120 + 10 * count:
-                    raise TimeoutError(f"{label}: pods {inflight} not done")
+                oldest = min(watch.times(n).created for n in inflight)
+                if time.monotonic() - oldest > POD_TIMEOUT:
+                    raise TimeoutError(f"{label}: pods {inflight} not done in {POD_TIMEOUT} s")
         name = f"{prefix}-{i:04d}"
         with watch.cond:
             watch.times(name).created = time.monotonic()
@@ -290,6 +292,8 @@ def churn(
         while inflight:
             watch.cond.wait(0.5)
             reap()
+            if inflight and time.monotonic() - watch.times(inflight[0]).created > POD_TIMEOUT:
+                raise TimeoutError(f"{label}: pods {inflight} not done in {POD_TIMEOUT} s")
     names = [f"{prefix}-{i:04d}" for i in range(count)]
     wait_for(f"{label} pods deleted", lambda: all(watch.times(n).deleted for n in names), 120)
     seconds = time.monotonic() - began
@@ -353,8 +357,15 @@ def slice_devices(kube: httpx.Client, node: str) -> list[Any]:
     )
 
 
+def files(directory: Path, pattern: str) -> list[str]:
+    return [str(p) for p in directory.glob(pattern)] if directory.is_dir() else []
+
+
 def checkpoint_claims(state_dir: Path) -> list[str]:
-    doc = json.loads((state_dir / "checkpoint.json").read_text())
+    path = state_dir / "checkpoint.json"
+    if not path.exists():  # Nothing prepared yet.
+        return []
+    doc = json.loads(path.read_text())
     body = doc["body"]
     if isinstance(body, str):
         body = json.loads(body)
@@ -370,17 +381,18 @@ def leaks(
     metadata_root: Path,
     slices_before: list[Any],
     free_before: str,
+    files_before: set[str],
 ) -> Leaks:
     status = daemon.status()
     held = (
         "" if status.get("free") == free_before else f"free {status.get('free')} != {free_before}"
     )
     held += "".join(f" {c.get('uid')}:{c.get('cpus')}" for c in status.get("claims") or [])
-    meta = sorted(p.name for p in metadata_root.glob("*")) if metadata_root.is_dir() else []
+    meta = sorted(set(files(metadata_root, "*")) - files_before)
     claims = get(kube, f"{RESOURCE}/namespaces/{ns}/resourceclaims")["items"]
     pods = get(kube, f"/api/v1/namespaces/{ns}/pods")["items"]
     return Leaks(
-        cdi_specs=sorted(p.name for p in cdi_dir.glob(f"{CDI_PREFIX}*")),
+        cdi_specs=sorted(set(files(cdi_dir, f"{CDI_PREFIX}*")) - files_before),
         checkpoint_claims=checkpoint_claims(daemon.state_dir),
         cpus_held=held.strip(),
         metadata_dirs=meta,
@@ -396,7 +408,9 @@ def leaks(
 
 # ------------------------------------------------------------------------------ set-up
 @contextmanager
-def namespace(kube: httpx.Client, name: str) -> Iterator[str]:
+def namespace(kube: httpx.Client, name: str, *, force: bool = False) -> Iterator[str]:
+    """A fresh namespace, deleted at the end with all in it (``force``: pods at once, for
+    pods on a node without a kubelet; else gracefully, through the kubelet)."""
     r = kube.post("/api/v1/namespaces", json={"metadata": {"name": name}})
     assert r.status_code == 201, f"POST namespace {name}: {r.status_code} {r.text[:300]}"
     try:
@@ -409,9 +423,8 @@ def namespace(kube: httpx.Client, name: str) -> Iterator[str]:
         )
         yield name
     finally:
-        kube.delete(
-            f"/api/v1/namespaces/{name}/pods", params={"gracePeriodSeconds": "0"}
-        )  # Bench-node pods have no kubelet to confirm a graceful delete.
+        if force:
+            kube.delete(f"/api/v1/namespaces/{name}/pods", params={"gracePeriodSeconds": "0"})
         kube.delete(f"/api/v1/namespaces/{name}")
         wait_for(
             f"namespace {name} gone",
@@ -479,9 +492,11 @@ def layer_pods(rig: Rig, kube: httpx.Client, args: argparse.Namespace, tmp: Path
     tag = uuid.uuid4().hex[:6]
     with ExitStack() as stack:
         stack.enter_context(device_class(kube))
-        ns = stack.enter_context(namespace(kube, f"churn-{tag}"))
+        # Entered before the namespace: its pods are deleted through the kubelet (claims
+        # unprepared) before the driver stops.
         d = stack.enter_context(daemon(rig, tmp, "dracpu-rig", reserved_cpus="0"))
         d.start()
+        ns = stack.enter_context(namespace(kube, f"churn-{tag}"))
         assert d.proc is not None
         pid = d.proc.pid
         metrics_url = f"http://{endpoint_of(d.log)}/metrics"
@@ -489,12 +504,14 @@ def layer_pods(rig: Rig, kube: httpx.Client, args: argparse.Namespace, tmp: Path
         slices_before = slice_devices(kube, rig.node_name)
         free_before = str(d.status().get("free"))
         metadata_root = rig.kubelet_root / "plugins" / DRIVER / "dra-device-metadata"
+        files_before = set(files(rig.cdi_dir, f"{CDI_PREFIX}*") + files(metadata_root, "*"))
         r = kube.post(
             f"{RESOURCE}/namespaces/{ns}/resourceclaimtemplates",
             json={"metadata": {"name": "churn"}, "spec": {"spec": claim_spec()}},
         )
         assert r.status_code == 201, r.text
-        watch = PodWatch(kube_client(rig), ns)
+        watch_client = stack.enter_context(kube_client(rig))
+        watch = PodWatch(watch_client, ns)
         thread = threading.Thread(target=watch.run, daemon=True)
         thread.start()
         stack.callback(watch.stop.set)
@@ -552,7 +569,15 @@ def layer_pods(rig: Rig, kube: httpx.Client, args: argparse.Namespace, tmp: Path
             pod = get(kube, f"/api/v1/namespaces/{ns}/pods/shared-{i}")
             shared_cpus.append(container_process(rig, pod, "main").cpus_allowed_list)
         found = leaks(
-            kube, d, ns, rig.node_name, rig.cdi_dir, metadata_root, slices_before, free_before
+            kube,
+            d,
+            ns,
+            rig.node_name,
+            rig.cdi_dir,
+            metadata_root,
+            slices_before,
+            free_before,
+            files_before,
         )
         events = [
             e
@@ -656,7 +681,7 @@ def layer_driver(rig: Rig, kube: httpx.Client, args: argparse.Namespace, tmp: Pa
             lambda: kube.delete(SLICES, params={"fieldSelector": f"spec.nodeName={BENCH_NODE}"})
         )
         stack.callback(lambda: kube.delete(f"/api/v1/nodes/{BENCH_NODE}"))
-        ns = stack.enter_context(namespace(kube, f"churn-driver-{tag}"))
+        ns = stack.enter_context(namespace(kube, f"churn-driver-{tag}", force=True))
         d = stack.enter_context(
             daemon(
                 rig,
