@@ -335,10 +335,17 @@ class Leaks:
     claims_in_api: list[str]
     pods_in_api: list[str]
     slices_changed: bool
+    kubelet_checkpoint: list[str] = field(default_factory=list)
 
     def problems(self) -> list[str]:
         out = []
-        for name in ("cdi_specs", "checkpoint_claims", "metadata_dirs", "claims_in_api"):
+        for name in (
+            "cdi_specs",
+            "checkpoint_claims",
+            "metadata_dirs",
+            "claims_in_api",
+            "kubelet_checkpoint",
+        ):
             if getattr(self, name):
                 out.append(f"{name}: {getattr(self, name)}")
         if self.pods_in_api:
@@ -359,6 +366,14 @@ def slice_devices(kube: httpx.Client, node: str) -> list[Any]:
 
 def files(directory: Path, pattern: str) -> list[str]:
     return [str(p) for p in directory.glob(pattern)] if directory.is_dir() else []
+
+
+def kubelet_claims(path: Path, ns: str) -> list[str]:
+    """Entries of namespace ``ns`` in the kubelet's DRA checkpoint (``dra_manager_state``)."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    return [f"{path.name} mentions {ns} ({text.count(ns)} times)"] if ns in text else []
 
 
 def checkpoint_claims(state_dir: Path) -> list[str]:
@@ -382,6 +397,7 @@ def leaks(
     slices_before: list[Any],
     free_before: str,
     files_before: set[str],
+    kubelet_state: Path,
 ) -> Leaks:
     status = daemon.status()
     held = (
@@ -403,6 +419,7 @@ def leaks(
             if p["metadata"]["labels"].get("churn-shared") != "1"
         ],
         slices_changed=slice_devices(kube, node) != slices_before,
+        kubelet_checkpoint=kubelet_claims(kubelet_state, ns),
     )
 
 
@@ -578,6 +595,7 @@ def layer_pods(rig: Rig, kube: httpx.Client, args: argparse.Namespace, tmp: Path
             slices_before,
             free_before,
             files_before,
+            rig.kubelet_root / "dra_manager_state",
         )
         events = [
             e
