@@ -174,6 +174,10 @@ class PodTimes:
     phase: str = ""
 
 
+class Expired(Exception):
+    """The watch's resourceVersion is too old (an ERROR event)."""
+
+
 @dataclass
 class PodWatch:
     """A watch on the namespace's pods in a thread: when each pod was seen started, done and
@@ -190,7 +194,7 @@ class PodWatch:
         return self.pods.setdefault(name, PodTimes())
 
     def run(self) -> None:
-        rv = get(self.client, f"/api/v1/namespaces/{self.ns}/pods")["metadata"]["resourceVersion"]
+        rv = self.resync()
         while not self.stop.is_set():
             params = {"watch": "1", "resourceVersion": rv, "timeoutSeconds": "30"}
             try:
@@ -207,11 +211,31 @@ class PodWatch:
                     return
                 self.error.append(exc)
                 time.sleep(0.2)
+            except Expired:  # 410: list again (what changed meanwhile is seen late, not lost).
+                rv = self.resync()
+
+    def resync(self) -> str:
+        """List the pods, record each as seen now (and the missing as deleted); the list's
+        resourceVersion."""
+        body = get(self.client, f"/api/v1/namespaces/{self.ns}/pods")
+        present = set()
+        for obj in body["items"]:
+            present.add(obj["metadata"]["name"])
+            self._event({"type": "MODIFIED", "object": obj})
+        now = time.monotonic()
+        with self.cond:
+            for name, t in self.pods.items():
+                if t.phase and name not in present and not t.deleted:  # seen, now gone
+                    t.deleted = now
+                    t.done = t.done or now
+            self.cond.notify_all()
+        rv: str = body["metadata"]["resourceVersion"]
+        return rv
 
     def _event(self, event: dict[str, Any]) -> str | None:
         obj = event["object"]
         if event["type"] == "ERROR":
-            raise RuntimeError(f"pod watch of {self.ns}: {obj}")
+            raise Expired(f"pod watch of {self.ns}: {obj}")
         now = time.monotonic()
         name = obj["metadata"]["name"]
         with self.cond:
@@ -279,7 +303,7 @@ def churn(
             while len(inflight) >= window:
                 watch.cond.wait(0.5)
                 reap()
-                oldest = min(watch.times(n).created for n in inflight)
+                oldest = min((watch.times(n).created for n in inflight), default=time.monotonic())
                 if time.monotonic() - oldest > POD_TIMEOUT:
                     raise TimeoutError(f"{label}: pods {inflight} not done in {POD_TIMEOUT} s")
         name = f"{prefix}-{i:04d}"
