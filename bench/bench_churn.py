@@ -280,9 +280,11 @@ def churn(
     window: int,
     label: str,
     progress: Callable[[int], None] = lambda done: None,
+    max_seconds: float = float("inf"),
 ) -> ChurnResult:
     """Create ``count`` pods from ``make(name)``, ``window`` in flight; delete each once done;
-    return when every one is gone."""
+    return when every one is gone. No pod is created after ``max_seconds`` (the result says
+    how many ran)."""
     ns = watch.ns
     inflight: list[str] = []
     began = time.monotonic()
@@ -298,7 +300,11 @@ def churn(
             if done % 50 == 0:
                 progress(done)
 
+    created = 0
     for i in range(count):
+        if time.monotonic() - began > max_seconds:
+            print(f"{label}: --max-minutes reached after {i} of {count} pods", flush=True)
+            break
         with watch.cond:
             while len(inflight) >= window:
                 watch.cond.wait(0.5)
@@ -312,18 +318,19 @@ def churn(
         r = kube.post(f"/api/v1/namespaces/{ns}/pods", json=make(name))
         assert r.status_code == 201, f"POST pod {name}: {r.status_code} {r.text[:300]}"
         inflight.append(name)
+        created += 1
     with watch.cond:
         while inflight:
             watch.cond.wait(0.5)
             reap()
             if inflight and time.monotonic() - watch.times(inflight[0]).created > POD_TIMEOUT:
                 raise TimeoutError(f"{label}: pods {inflight} not done in {POD_TIMEOUT} s")
-    names = [f"{prefix}-{i:04d}" for i in range(count)]
+    names = [f"{prefix}-{i:04d}" for i in range(created)]
     wait_for(f"{label} pods deleted", lambda: all(watch.times(n).deleted for n in names), 120)
     seconds = time.monotonic() - began
     lat = [watch.times(n).started - watch.times(n).created for n in names]
     failed = [n for n in names if watch.times(n).phase == "Failed"]
-    return ChurnResult(label, count, seconds, lat, failed)
+    return ChurnResult(label, created, seconds, lat, failed)
 
 
 # ------------------------------------------------------------------------------ dracpu
@@ -596,6 +603,7 @@ def layer_pods(rig: Rig, kube: httpx.Client, args: argparse.Namespace, tmp: Path
             args.window,
             "with a claim",
             progress,
+            60 * args.max_minutes,
         )
         wait_for(
             "dracpu holding no claim",
@@ -661,8 +669,8 @@ def layer_pods(rig: Rig, kube: httpx.Client, args: argparse.Namespace, tmp: Path
     print(f"leaks at the end: {found.problems() or 'none'}")
     problems += found.problems()
     problems += [f"pod {n} Failed" for n in claimed.failed + (floor.failed if floor else [])]
-    if int(ok) != args.pods:
-        problems.append(f"{int(ok)} claims prepared for {args.pods} pods")
+    if int(ok) != claimed.pods:
+        problems.append(f"{int(ok)} claims prepared for {claimed.pods} pods")
     if any(c != "0-1" for c in shared_cpus):
         problems.append(f"shared pods not on every CPU with no claim: {shared_cpus}")
     return problems
@@ -847,6 +855,9 @@ def main() -> int:
     parser.add_argument("--pods", type=int, default=1000, help="claim pods in (a)")
     parser.add_argument("--floor-pods", type=int, default=200, help="claim-less pods in (a)")
     parser.add_argument("--window", type=int, default=2, help="claim pods in flight in (a)")
+    parser.add_argument(
+        "--max-minutes", type=float, default=float("inf"), help="no claim pod created after"
+    )
     parser.add_argument("--shared", type=int, default=2, help="long-running shared pods in (a)")
     parser.add_argument("--claims", type=int, default=1000, help="claims in (b)")
     parser.add_argument("--concurrency", type=int, default=8, help="calls in flight in (b)")
