@@ -37,6 +37,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -863,6 +864,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8, help="calls in flight in (b)")
     parser.add_argument("--rounds", type=int, default=3, help="prepare+unprepare rounds in (b)")
     args = parser.parse_args()
+    # A timeout's SIGTERM unwinds like an error: every clean-up below still runs.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if os.geteuid() != 0:
         print("bench_churn: needs root (the rig)", file=sys.stderr)
         return 2
