@@ -335,14 +335,11 @@ def churn(
 
 
 # ------------------------------------------------------------------------------ dracpu
-def endpoint_of(log: Path) -> str:
-    """The daemon's HTTP endpoint, from its log line ``HTTP endpoint on HOST:PORT``."""
-
-    def find() -> str | None:
-        m = re.search(r"HTTP endpoint on ([0-9.]+:[0-9]+)", log.read_text(errors="replace"))
-        return m.group(1) if m else None
-
-    return wait_for(f"HTTP endpoint line in {log}", find, 20)
+def metrics_url(daemon: DracpuDaemon) -> str:
+    """The daemon's /metrics, on the port its status reports (``--bind-address=...:0``)."""
+    bound = wait_for("the HTTP endpoint in dracpu status", lambda: daemon.status().get("endpoint"))
+    port = str(bound[0]).rsplit(":", 1)[1]
+    return f"http://127.0.0.1:{port}/metrics"
 
 
 def log_events(log: Path) -> list[dict[str, Any]]:
@@ -548,7 +545,7 @@ def layer_pods(rig: Rig, kube: httpx.Client, args: argparse.Namespace, tmp: Path
         ns = stack.enter_context(namespace(kube, f"churn-{tag}"))
         assert d.proc is not None
         pid = d.proc.pid
-        metrics_url = f"http://{endpoint_of(d.log)}/metrics"
+        metrics = metrics_url(d)
         wait_for("dracpu's slice on the rig node", lambda: node_slices(kube, rig) or None, 30)
         slices_before = slice_devices(kube, rig.node_name)
         free_before = str(d.status().get("free"))
@@ -574,7 +571,7 @@ def layer_pods(rig: Rig, kube: httpx.Client, args: argparse.Namespace, tmp: Path
         )
         rss: list[tuple[int, float]] = [(0, rss_mib(pid))]
         print(f"dracpu RSS at the start: {rss[0][1]:.1f} MiB", flush=True)
-        before = httpx.get(metrics_url).text
+        before = httpx.get(metrics).text
 
         floor = None
         if args.floor_pods:
@@ -611,7 +608,7 @@ def layer_pods(rig: Rig, kube: httpx.Client, args: argparse.Namespace, tmp: Path
             lambda: not checkpoint_claims(d.state_dir),
             60,
         )
-        after = httpx.get(metrics_url).text
+        after = httpx.get(metrics).text
         rss.append((args.pods, rss_mib(pid)))
         # The shared pods got CPU 1 back (no claim holds it).
         shared_cpus = []
@@ -875,14 +872,19 @@ def main() -> int:
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="churn-", dir="/tmp"))
     problems: list[str] = []
+    ok = False
     try:
         with kube_client(rig) as kube:
             if args.layer in ("both", "pods"):
                 problems += layer_pods(rig, kube, args, tmp)
             if args.layer in ("both", "driver"):
                 problems += layer_driver(rig, kube, args, tmp)
+        ok = not problems
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if ok:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"daemon logs kept in {tmp}", file=sys.stderr)
     for p in problems:
         print(f"PROBLEM: {p}")
     return 1 if problems else 0
