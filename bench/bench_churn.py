@@ -601,7 +601,7 @@ def layer_pods(rig: Rig, kube: httpx.Client, args: argparse.Namespace, tmp: Path
             args.window,
             "with a claim",
             progress,
-            60 * args.max_minutes,
+            min(60 * args.max_minutes, args.stop_at - time.time()),
         )
         wait_for(
             "dracpu holding no claim",
@@ -856,6 +856,9 @@ def main() -> int:
     parser.add_argument(
         "--max-minutes", type=float, default=float("inf"), help="no claim pod created after"
     )
+    parser.add_argument(
+        "--stop-at", type=float, default=float("inf"), help="epoch s: no claim pod created after"
+    )
     parser.add_argument("--shared", type=int, default=2, help="long-running shared pods in (a)")
     parser.add_argument("--claims", type=int, default=1000, help="claims in (b)")
     parser.add_argument("--concurrency", type=int, default=8, help="calls in flight in (b)")
@@ -875,10 +878,12 @@ def main() -> int:
     ok = False
     try:
         with kube_client(rig) as kube:
-            if args.layer in ("both", "pods"):
-                problems += layer_pods(rig, kube, args, tmp)
+            # The driver layer first: its length is bounded by --claims; the pod churn's by
+            # --max-minutes / --stop-at.
             if args.layer in ("both", "driver"):
                 problems += layer_driver(rig, kube, args, tmp)
+            if args.layer in ("both", "pods"):
+                problems += layer_pods(rig, kube, args, tmp)
         ok = not problems
     finally:
         if ok:
