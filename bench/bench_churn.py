@@ -42,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -881,7 +882,11 @@ def main() -> int:
             # The driver layer first: its length is bounded by --claims; the pod churn's by
             # --max-minutes / --stop-at.
             if args.layer in ("both", "driver"):
-                problems += layer_driver(rig, kube, args, tmp)
+                try:
+                    problems += layer_driver(rig, kube, args, tmp)
+                except Exception as exc:  # Still measure the pods; the error is reported.
+                    traceback.print_exc()
+                    problems.append(f"driver layer: {type(exc).__name__}: {exc}")
             if args.layer in ("both", "pods"):
                 problems += layer_pods(rig, kube, args, tmp)
         ok = not problems
