@@ -38,6 +38,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -529,11 +530,24 @@ def daemon(
         d.stop()
 
 
+def listening(path: Path) -> bool:
+    """Whether a process accepts connections on the unix socket ``path`` (a stale file left
+    by a killed driver does not count)."""
+    if not path.exists():
+        return False
+    with socket.socket(socket.AF_UNIX) as sock:
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
 # ------------------------------------------------------------------------------ (a) real pods
 def layer_pods(rig: Rig, kube: httpx.Client, args: argparse.Namespace, tmp: Path) -> list[str]:
     """Returns the problems found (leaks, failed pods); prints the figures."""
     reg = rig.plugins_registry / f"{DRIVER}-reg.sock"
-    if reg.exists():
+    if listening(reg):
         raise SystemExit(f"a {DRIVER} driver is already registered ({reg}): undeploy it first")
     problems: list[str] = []
     tag = uuid.uuid4().hex[:6]
