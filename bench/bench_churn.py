@@ -171,6 +171,7 @@ def shared_pod(rig: Rig, name: str) -> dict[str, Any]:
 @dataclass
 class PodTimes:
     created: float = 0.0
+    bound: float = 0.0
     started: float = 0.0
     done: float = 0.0
     deleted: float = 0.0
@@ -246,6 +247,8 @@ class PodWatch:
             status = obj.get("status", {})
             t.phase = status.get("phase", "")
             states = [s.get("state", {}) for s in status.get("containerStatuses", [])]
+            if not t.bound and obj.get("spec", {}).get("nodeName"):
+                t.bound = now
             if not t.started and any("running" in s or "terminated" in s for s in states):
                 t.started = now
             if not t.done and t.phase in ("Succeeded", "Failed"):
@@ -264,13 +267,15 @@ class ChurnResult:
     pods: int
     seconds: float
     start_latency: list[float]
+    kubelet_start: list[float]
     failed: list[str]
 
     def line(self) -> str:
         return (
             f"{self.label}: {self.pods} pods in {self.seconds:.1f} s = "
             f"{self.pods / self.seconds:.2f} pods/s; start latency (create -> container "
-            f"started) {ms(self.start_latency)}; failed {len(self.failed)}"
+            f"started) {ms(self.start_latency)}; bound -> started {ms(self.kubelet_start)}; "
+            f"failed {len(self.failed)}"
         )
 
 
@@ -332,8 +337,9 @@ def churn(
     wait_for(f"{label} pods deleted", lambda: all(watch.times(n).deleted for n in names), 120)
     seconds = time.monotonic() - began
     lat = [watch.times(n).started - watch.times(n).created for n in names]
+    bound = [watch.times(n).started - watch.times(n).bound for n in names if watch.times(n).bound]
     failed = [n for n in names if watch.times(n).phase == "Failed"]
-    return ChurnResult(label, created, seconds, lat, failed)
+    return ChurnResult(label, created, seconds, lat, bound, failed)
 
 
 # ------------------------------------------------------------------------------ dracpu
@@ -648,7 +654,9 @@ def layer_pods(rig: Rig, kube: httpx.Client, args: argparse.Namespace, tmp: Path
             if e.get("ts", 0) >= began_wall and e.get("msg", "").startswith("claim ")
         ]
     prepared = [e for e in events if e["msg"].startswith("claim prepared")]
-    unprepared = [e for e in events if e["msg"] == "claim unprepared"]
+    unprepared = counter(after, "dra_cpu_unprepare_claims", result="success") - counter(
+        before, "dra_cpu_unprepare_claims", result="success"
+    )
     durations = [float(e["seconds"]) for e in prepared if "seconds" in e]
     ok = counter(after, "dra_cpu_prepare_claims", result="success") - counter(
         before, "dra_cpu_prepare_claims", result="success"
@@ -658,7 +666,7 @@ def layer_pods(rig: Rig, kube: httpx.Client, args: argparse.Namespace, tmp: Path
     )
     print(claimed.line())
     print(
-        f"claims: {int(ok)} prepared (+{int(errors)} prepare errors), {len(unprepared)} "
+        f"claims: {int(ok)} prepared (+{int(errors)} prepare errors), {int(unprepared)} "
         f"unprepared, in {claimed.seconds:.1f} s = {ok / claimed.seconds:.2f} claims/s "
         f"(window {args.window}, one claim fits at a time)"
     )

@@ -54,12 +54,14 @@ def test_pod_watch_records_start_done_and_delete_once() -> None:
         statuses = [{"state": {state: {}}}] if state else []
         obj = {
             "metadata": {"name": "p", "resourceVersion": rv},
+            "spec": {"nodeName": "n"} if rv != "1" else {},
             "status": {"phase": phase, "containerStatuses": statuses},
         }
         assert w._event({"type": kind, "object": obj}) == rv
 
     event("ADDED", "Pending", None, "1")
     assert w.times("p").started == 0.0
+    assert w.times("p").bound == 0.0
     event("MODIFIED", "Pending", "terminated", "2")
     started = w.times("p").started
     assert started > 0
@@ -68,7 +70,7 @@ def test_pod_watch_records_start_done_and_delete_once() -> None:
     event("DELETED", "Succeeded", "terminated", "4")
     t = w.times("p")
     assert t.started == started
-    assert t.deleted >= t.done >= started
+    assert t.deleted >= t.done >= started >= t.bound > 0
     assert t.phase == "Succeeded"
 
 
