@@ -1,7 +1,7 @@
 """Benchmark: pods and claims churned through the rig (issue 15, load), in two layers.
 
     flock /var/lock/dracpu-rig.lock python bench/bench_churn.py [--pods 1000] [--floor-pods 200]
-        [--window 2] [--shared 2] [--claims 1000] [--concurrency 8] [--rounds 3]
+        [--window 2] [--shared 2] [--claims 1000] [--concurrency 1,8] [--rounds 3]
         [--layer both|pods|driver]
 
 (a) **Real pods** (``--layer pods``). ``dracpu run`` is the rig node's ``dra.cpu`` driver, with
@@ -23,8 +23,8 @@
     nodes, grouped mode). ``--claims`` pods with one 1-CPU claim each are scheduled there by
     the real kube-scheduler (so the claims are allocated by it); then grpcio, acting as the
     kubelet, calls NodePrepareResources / NodeUnprepareResources for each claim on dracpu's DRA
-    socket, ``--concurrency`` calls at a time, for ``--rounds`` rounds. Printed: claims/s,
-    p50/p99 per call, RSS after each round.
+    socket, ``--concurrency`` calls at a time (each level in turn), for ``--rounds`` rounds.
+    Printed: claims/s, p50/p99 per call, RSS after each round.
 
 Exits 1 on any leak or failed pod. Needs root and the rig up (``just rig-up``); run it under
 the rig lock. Everything it creates is removed at the end, also on failure.
@@ -841,23 +841,24 @@ def layer_driver(rig: Rig, kube: httpx.Client, args: argparse.Namespace, tmp: Pa
             return time.perf_counter() - t, resp.claims[ref[2]].error
 
         rss = [rss_mib(pid)]
-        with ThreadPoolExecutor(args.concurrency) as pool:
-            for rnd in range(1, args.rounds + 1):
-                line = [f"round {rnd}:"]
-                for op in ("prepare", "unprepare"):
-                    t = time.perf_counter()
-                    results = list(pool.map(lambda ref, op=op: call(op, ref), refs))
-                    wall = time.perf_counter() - t
-                    errs = [e for _, e in results if e]
-                    if errs:
-                        problems.append(f"round {rnd} {op}: {len(errs)} errors, first {errs[0]}")
-                    line.append(
-                        f"{op} {n / wall:.0f} claims/s ({ms([s for s, _ in results])}, "
-                        f"{len(errs)} errors);"
-                    )
-                rss.append(rss_mib(pid))
-                line.append(f"RSS {rss[-1]:.1f} MiB")
-                print(" ".join(line), flush=True)
+        for level in args.concurrency:
+            with ThreadPoolExecutor(level) as pool:
+                for rnd in range(1, args.rounds + 1):
+                    line = [f"concurrency {level}, round {rnd}:"]
+                    for op in ("prepare", "unprepare"):
+                        t = time.perf_counter()
+                        results = list(pool.map(lambda ref, op=op: call(op, ref), refs))
+                        wall = time.perf_counter() - t
+                        errs = [e for _, e in results if e]
+                        if errs:
+                            problems.append(f"{line[0]} {op}: {len(errs)} errors: {errs[0]}")
+                        line.append(
+                            f"{op} {n / wall:.0f} claims/s ({ms([s for s, _ in results])}, "
+                            f"{len(errs)} errors);"
+                        )
+                    rss.append(rss_mib(pid))
+                    line.append(f"RSS {rss[-1]:.1f} MiB")
+                    print(" ".join(line), flush=True)
         status_cdi = sorted(p.name for p in cdi_dir.glob(f"{CDI_PREFIX}*"))
         held = checkpoint_claims(d.state_dir)
         changed = slice_devices(kube, BENCH_NODE) != slices_before
@@ -884,7 +885,12 @@ def main() -> int:
     )
     parser.add_argument("--shared", type=int, default=2, help="long-running shared pods in (a)")
     parser.add_argument("--claims", type=int, default=1000, help="claims in (b)")
-    parser.add_argument("--concurrency", type=int, default=8, help="calls in flight in (b)")
+    parser.add_argument(
+        "--concurrency",
+        type=lambda text: [int(v) for v in text.split(",")],
+        default=[1, 8],
+        help="calls in flight in (b), a comma-separated list of levels",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="prepare+unprepare rounds in (b)")
     args = parser.parse_args()
     # A timeout's SIGTERM unwinds like an error: every clean-up below still runs.
