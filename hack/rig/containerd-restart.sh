@@ -20,7 +20,7 @@ if kill -0 "$pid" 2>/dev/null; then
     kill -0 "$pid" 2>/dev/null && { kill -KILL "$pid"; rig_log "containerd: killed after 10s"; }
 fi
 cg=$(cat "$RIG_RUN/runtime-cgroup")
-rig_detach sh -c 'echo $$ > "$1/cgroup.procs"; shift; exec "$@"' sh "$cg" \
+setsid sh -c 'echo $$ > "$1/cgroup.procs"; shift; exec "$@"' sh "$cg" \
     env PATH="$RIG_BIN:$PATH" "$RIG_BIN/containerd" --config "$RIG_STATE/containerd.toml" \
     >>"$log" 2>&1 </dev/null &
 echo $! >"$pid_file"

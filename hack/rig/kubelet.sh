@@ -15,7 +15,7 @@ start() {
     alive && rig_die "kubelet: already running (pid $(cat "$pid_file"))"
     [ -s "$RIG_STATE/kubelet-config.yaml" ] || rig_die "kubelet: no config (run \`just rig-up\`)"
     local node_ip; node_ip=$(cat "$RIG_STATE/node-ip")
-    rig_detach "$RIG_BIN/kubelet" --config="$RIG_STATE/kubelet-config.yaml" \
+    setsid "$RIG_BIN/kubelet" --config="$RIG_STATE/kubelet-config.yaml" \
         --kubeconfig="$RIG_STATE/kubelet.kubeconfig" --root-dir="$RIG_KUBELET_ROOT" \
         --hostname-override="$RIG_NODE_NAME" --node-ip="$node_ip" --v=2 \
         >>"$log" 2>&1 </dev/null &

@@ -42,15 +42,3 @@ RIG_HOST_PATHS="/var/log/containers /var/log/pods /var/lib/cni /run/netns"
 
 rig_log() { printf 'rig: %s\n' "$*" >&2; }
 rig_die() { printf 'rig: ERROR: %s\n' "$*" >&2; exit 1; }
-# rig_detach CMD...: exec CMD in a new session with every inherited descriptor above 2 closed.
-# A caller run under `flock /var/lock/dracpu-rig.lock` passes its lock descriptor on, and a
-# daemon keeping it holds the rig lock for as long as it runs. Use it in the background, with
-# stdio redirected: `rig_detach cmd ... >>log 2>&1 </dev/null &` ($! is then CMD's PID).
-rig_detach() {
-    local fd
-    for fd in /proc/$BASHPID/fd/*; do
-        fd=${fd##*/}
-        if [ "$fd" -gt 2 ] && [ "$fd" -ne 255 ]; then eval "exec $fd>&-"; fi
-    done
-    exec setsid "$@"
-}
