@@ -114,6 +114,7 @@ __all__ = [
     "restore",
     "snapshot",
     "step",
+    "unaccounted_held",
 ]
 
 
@@ -272,6 +273,28 @@ class NodeState:
             if not claim.cpus.isdisjoint(cpus):
                 return claim
         return None
+
+
+def unaccounted_held(state: NodeState) -> CpuSet:
+    """Held CPUs that no prepared claim's allocation result names on a published device.
+
+    After a restart with another device mode or grouping, claims prepared before it keep their
+    CPUs under device names the slices no longer carry, so the scheduler sees those CPUs as free.
+    Adopted claims (devices unknown) count too. The slice model hides these CPUs
+    (:attr:`SliceOptions.hidden`) until the claims are unprepared.
+    """
+    unaccounted = CpuSet()
+    for claim in state.claims.values():
+        unaccounted = unaccounted | _unaccounted(state, claim)
+    return unaccounted
+
+
+def _unaccounted(state: NodeState, claim: PreparedClaim) -> CpuSet:
+    accounted = CpuSet()
+    for result in claim.devices:
+        if result.pool == state.config.pool and result.device in state.devices:
+            accounted = accounted | (result.cpus & state.devices[result.device])
+    return claim.cpus - accounted
 
 
 def _devices(topology: Topology, config: NodeConfig) -> dict[str, CpuSet]:
@@ -802,6 +825,7 @@ def _unprepare(state: NodeState, event: Unprepare) -> tuple[NodeState, tuple[Eff
     held = state.held
     results: dict[str, UnprepareOutcome] = {}
     gone: list[str] = []
+    reveals = False  # a released claim's CPUs were hidden from the slices
     for ref in event.claims:
         results[ref.uid] = ClaimUnprepared()
         claim = claims.pop(ref.uid, None)
@@ -809,6 +833,7 @@ def _unprepare(state: NodeState, event: Unprepare) -> tuple[NodeState, tuple[Eff
         gone.append(ref.uid)
         if claim is not None:
             held = held - claim.cpus
+            reveals = reveals or bool(_unaccounted(state, claim))
     changed = len(claims) != len(state.claims)
     after = state
     if changed:
@@ -828,6 +853,8 @@ def _unprepare(state: NodeState, event: Unprepare) -> tuple[NodeState, tuple[Eff
     effects: list[Effect] = []
     if changed:
         effects.append(WriteCheckpoint(after))
+        if reveals:
+            effects.append(RepublishSlices("CPUs of a claim from before a device-mode switch"))
     # Removing the spec of a claim we do not know is harmless and clears leftovers.
     effects.extend(RemoveCdiSpec(uid) for uid in gone)
     if changed and (updates := shared_updates(after)):
