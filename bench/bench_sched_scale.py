@@ -458,6 +458,33 @@ def claim_spec(mode: DeviceMode, kind: str, cpus: int) -> dict[str, Any]:
     return {"devices": devices}
 
 
+def fill_claim_spec(mode: DeviceMode, numa: int, cpus: int) -> dict[str, Any]:
+    """A claim for ``cpus`` P-core CPUs (grouped: CPUs) of NUMA node ``numa``, to fill it."""
+    attr = f'device.attributes["{DRIVER_NAME}"]'
+    if mode is DeviceMode.INDIVIDUAL:
+        exactly: dict[str, Any] = {
+            "allocationMode": "ExactCount",
+            "count": cpus,
+            "selectors": [
+                {
+                    "cel": {
+                        "expression": f'{attr}.coreType == "p-core" && {attr}.numaNodeID == {numa}'
+                    }
+                }
+            ],
+        }
+    else:
+        exactly = {
+            "capacity": {"requests": {f"{DRIVER_NAME}/cpu": str(cpus)}},
+            "selectors": [{"cel": {"expression": f"{attr}.numaNodeID == {numa}"}}],
+        }
+    return {
+        "devices": {
+            "requests": [{"name": "cpus", "exactly": {"deviceClassName": DRIVER_NAME, **exactly}}]
+        }
+    }
+
+
 def pod_object(name: str, claim: str | None) -> dict[str, Any]:
     container: dict[str, Any] = {"name": "c", "image": "registry.k8s.io/pause:3.10"}
     spec: dict[str, Any] = {"containers": [container], "terminationGracePeriodSeconds": 0}
@@ -487,12 +514,23 @@ class Row:
     failures: list[str] = field(default_factory=list)
 
 
+@dataclass
+class FragRow:
+    mode: str
+    free: int
+    cpus: int
+    outcome: str = ""
+    seconds: float | None = None
+
+
 class BindWatch:
     """Watches the namespace's pods; records when each one first shows ``spec.nodeName``."""
 
     def __init__(self, client: KubeClient) -> None:
         self.client = client
         self.bound: dict[str, tuple[float, str]] = {}
+        self.unschedulable: dict[str, tuple[float, str]] = {}
+        """Pod → when the scheduler first marked it unschedulable, and its message."""
         self.changed = trio.Event()
 
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
@@ -510,10 +548,24 @@ class BindWatch:
                     pod = event.object
                     node = pod.get("spec", {}).get("nodeName")
                     name = pod.get("metadata", {}).get("name", "")
-                    if event.type != "DELETED" and node and name not in self.bound:
+                    if event.type == "DELETED":
+                        continue
+                    if node and name not in self.bound:
                         self.bound[name] = (time.perf_counter(), node)
-                        self.changed.set()
-                        self.changed = trio.Event()
+                    for cond in pod.get("status", {}).get("conditions") or []:
+                        failed = (
+                            cond.get("type") == "PodScheduled" and cond.get("status") == "False"
+                        )
+                        if failed and name not in self.unschedulable:
+                            message = str(cond.get("message", ""))
+                            self.unschedulable[name] = (time.perf_counter(), message)
+                    self.changed.set()
+                    self.changed = trio.Event()
+
+    async def wait_settled(self, name: str) -> None:
+        """Until ``name`` is bound or marked unschedulable. Cancellation: nothing to undo."""
+        while name not in self.bound and name not in self.unschedulable:
+            await self.changed.wait()
 
     async def wait_bound(self, name: str) -> tuple[float, str]:
         """When and where ``name`` was bound; the caller bounds the wait. Cancellation:
@@ -617,6 +669,59 @@ class Bench:
             while await self.leftovers():  # noqa: ASYNC110 (polling the API server)
                 await trio.sleep(0.2)
         await trio.sleep(1)  # the scheduler sees the devices free again
+
+    async def claim_and_pod(self, name: str, spec: dict[str, Any]) -> float:
+        """Create claim ``name`` and a pod using it; returns the time of the pod's POST."""
+        await self.client.create(
+            RESOURCE_CLAIMS,
+            {
+                "apiVersion": "resource.k8s.io/v1",
+                "kind": "ResourceClaim",
+                "metadata": {"name": name},
+                "spec": spec,
+            },
+            namespace=NAMESPACE,
+        )
+        t0 = time.perf_counter()
+        await self.client.create(PODS, pod_object(name, name), namespace=NAMESPACE)
+        return t0
+
+    async def fragmented(self, mode: DeviceMode, free: int, cpus: int) -> FragRow:
+        """One node whose NUMA nodes 0-2 keep only ``free`` P-core CPUs (grouped: CPUs) free,
+        NUMA node 3 untouched; then the CEL claim for ``cpus`` CPUs (it fits only on node 3)."""
+        row = FragRow(mode.value, free, cpus)
+        names, _, _ = await self.add_nodes(mode, 1)
+        per_numa = 96 if mode is DeviceMode.INDIVIDUAL else 128
+        largest = 32 if mode is DeviceMode.INDIVIDUAL else per_numa  # 32: results per claim
+        try:
+            for numa in range(3):
+                rest = per_numa - free
+                while rest:
+                    take = min(largest, rest)
+                    rest -= take
+                    self.serial += 1
+                    name = f"f{self.serial:04d}"
+                    await self.claim_and_pod(name, fill_claim_spec(mode, numa, take))
+                    with trio.fail_after(BIND_TIMEOUT_S):
+                        await self.watch.wait_bound(name)
+            self.serial += 1
+            probe = f"probe{self.serial:04d}"
+            t0 = await self.claim_and_pod(probe, claim_spec(mode, "cel", cpus))
+            with trio.move_on_after(BIND_TIMEOUT_S):
+                await self.watch.wait_settled(probe)
+            if probe in self.watch.bound:
+                row.seconds = self.watch.bound[probe][0] - t0
+                row.outcome = f"bound on {self.watch.bound[probe][1]}"
+            elif probe in self.watch.unschedulable:
+                at, message = self.watch.unschedulable[probe]
+                row.seconds = at - t0
+                row.outcome = "unschedulable: " + message.split(": ")[-1]
+            else:
+                row.outcome = f"nothing after {BIND_TIMEOUT_S:.0f}s"
+        finally:
+            await self.clear_batch()
+            await self.remove_nodes(names)
+        return row
 
     async def leftovers(self) -> int:
         """Claims and pods still in the namespace."""
@@ -724,7 +829,7 @@ def _check_results(
     return None
 
 
-async def run(cp: ControlPlane, args: argparse.Namespace) -> list[Row]:
+async def run(cp: ControlPlane, args: argparse.Namespace) -> tuple[list[Row], list[FragRow]]:
     t0 = time.monotonic()
     topology = synthetic_topology()
     print(
@@ -733,6 +838,7 @@ async def run(cp: ControlPlane, args: argparse.Namespace) -> list[Row]:
         flush=True,
     )
     rows: list[Row] = []
+    frags: list[FragRow] = []
     async with KubeClient(cp.kube_config()) as client:
         bench = Bench(cp, client, topology, args)
         await bench.setup()
@@ -752,8 +858,14 @@ async def run(cp: ControlPlane, args: argparse.Namespace) -> list[Row]:
                         print(f" {_fmt(row)}", flush=True)
                         rows.append(row)
                     await bench.remove_nodes(names)
+            for mode in (DeviceMode.INDIVIDUAL, DeviceMode.GROUPED):
+                for free in args.frag_free:
+                    print(f"  fragmented {mode.value:10} {free:3} free ...", end="", flush=True)
+                    frag = await bench.fragmented(mode, free, args.cpus)
+                    print(f" {frag.outcome} ({frag.seconds or 0:.2f}s)", flush=True)
+                    frags.append(frag)
             nursery.cancel_scope.cancel()
-    return rows
+    return rows, frags
 
 
 def _fmt(row: Row) -> str:
@@ -787,18 +899,39 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+def frag_table(frags: list[FragRow]) -> str:
+    lines = [
+        "| mode | free on NUMA 0-2 | claim | outcome | time s |",
+        "|---|---|---|---|---|",
+    ]
+    for f in frags:
+        unit = "P-core CPUs" if f.mode == "individual" else "CPUs"
+        secs = f"{f.seconds:.2f}" if f.seconds is not None else "-"
+        lines.append(f"| {f.mode} | {f.free} {unit} | {f.cpus} CPUs, CEL | {f.outcome} | {secs} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pods", type=int, default=10, help="pods per configuration")
     parser.add_argument("--nodes", default="1,20", help="node counts, comma-separated")
     parser.add_argument("--cpus", type=int, default=16, help="CPUs per claim")
+    parser.add_argument(
+        "--frag-free",
+        default="8,12,15",
+        help="fragmented-node runs: P-core CPUs left free on NUMA nodes 0-2, comma-separated",
+    )
     parser.add_argument("--keep-dir", action="store_true", help="keep the temp dir (logs)")
     args = parser.parse_args()
     args.nodes = [int(n) for n in args.nodes.split(",")]
+    args.frag_free = [int(n) for n in args.frag_free.split(",") if n]
     with control_plane(Ports(), args.keep_dir) as cp:
-        rows = trio.run(run, cp, args)
+        rows, frags = trio.run(run, cp, args)
     print()
     print(table(rows, args))
+    if frags:
+        print()
+        print(frag_table(frags))
     failures = [f"{r.mode}/{r.nodes}/{r.claim}: {f}" for r in rows for f in r.failures]
     for f in failures:
         print(f"FAIL {f}", file=sys.stderr)
