@@ -25,7 +25,13 @@ and are removed before the next batch. ``sched ms`` is the scheduler's own
 ``scheduler_scheduling_attempt_duration_seconds`` mean for the batch (algorithm + plugins,
 without the API round trips).
 
-    python bench/bench_sched_scale.py [--pods 10] [--nodes 1,20] [--cpus 16] [--keep-dir]
+Then, per mode, a fragmented node: NUMA nodes 0-2 filled until only ``--frag-free`` P-core CPUs
+(grouped: CPUs) are free on each, NUMA node 3 empty; the CEL claim is scheduled (it fits only on
+node 3) and, 0.5 s later, a pod without a claim: whether the first is bound or reported
+unschedulable and how long it took, and how long the second waited.
+
+    python bench/bench_sched_scale.py [--pods 10] [--nodes 1,20] [--cpus 16] [--frag-free 8,12,15]
+        [--keep-dir]
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import ssl
 import statistics
 import subprocess
@@ -107,8 +114,6 @@ class Ports:
 
 
 def port_in_use(port: int) -> bool:
-    import socket
-
     with socket.socket() as sock:
         sock.settimeout(0.5)
         return sock.connect_ex(("127.0.0.1", port)) == 0
@@ -521,6 +526,8 @@ class FragRow:
     cpus: int
     outcome: str = ""
     seconds: float | None = None
+    other_seconds: float | None = None
+    """Bind time of a claim-less pod created 0.5 s after the probe."""
 
 
 class BindWatch:
@@ -707,6 +714,14 @@ class Bench:
             self.serial += 1
             probe = f"probe{self.serial:04d}"
             t0 = await self.claim_and_pod(probe, claim_spec(mode, "cel", cpus))
+            # A pod without a claim, 0.5 s later: does it wait for the probe's search?
+            await trio.sleep(0.5)
+            other = f"{probe}-other"
+            t_other = time.perf_counter()
+            await self.client.create(PODS, pod_object(other, None), namespace=NAMESPACE)
+            with trio.move_on_after(BIND_TIMEOUT_S):
+                await self.watch.wait_bound(other)
+                row.other_seconds = self.watch.bound[other][0] - t_other
             with trio.move_on_after(BIND_TIMEOUT_S):
                 await self.watch.wait_settled(probe)
             if probe in self.watch.bound:
@@ -901,13 +916,16 @@ def table(rows: list[Row], args: argparse.Namespace) -> str:
 
 def frag_table(frags: list[FragRow]) -> str:
     lines = [
-        "| mode | free on NUMA 0-2 | claim | outcome | time s |",
-        "|---|---|---|---|---|",
+        "| mode | free on NUMA 0-2 | claim | outcome | time s | claim-less pod 0.5 s later: s |",
+        "|---|---|---|---|---|---|",
     ]
     for f in frags:
         unit = "P-core CPUs" if f.mode == "individual" else "CPUs"
         secs = f"{f.seconds:.2f}" if f.seconds is not None else "-"
-        lines.append(f"| {f.mode} | {f.free} {unit} | {f.cpus} CPUs, CEL | {f.outcome} | {secs} |")
+        other = f"{f.other_seconds:.2f}" if f.other_seconds is not None else "-"
+        lines.append(
+            f"| {f.mode} | {f.free} {unit} | {f.cpus} CPUs, CEL | {f.outcome} | {secs} | {other} |"
+        )
     return "\n".join(lines)
 
 
@@ -925,8 +943,12 @@ def main() -> int:
     args = parser.parse_args()
     args.nodes = [int(n) for n in args.nodes.split(",")]
     args.frag_free = [int(n) for n in args.frag_free.split(",") if n]
-    with control_plane(Ports(), args.keep_dir) as cp:
-        rows, frags = trio.run(run, cp, args)
+    try:
+        with control_plane(Ports(), args.keep_dir) as cp:
+            rows, frags = trio.run(run, cp, args)
+    except KeyboardInterrupt:
+        print("bench_sched_scale: interrupted; control plane stopped", file=sys.stderr)
+        return 130
     print()
     print(table(rows, args))
     if frags:
