@@ -219,14 +219,14 @@ class ControlPlane:
         return f"https://127.0.0.1:{self.ports.scheduler}"
 
     def stop(self) -> None:
-        """SIGTERM each process (scheduler, apiserver, etcd), SIGKILL after 10 s."""
+        """SIGTERM each process (scheduler, apiserver, etcd), SIGKILL after 5 s."""
         for name in reversed(list(self.procs)):
             proc = self.procs.pop(name)
             if proc.poll() is not None:
                 continue
             proc.terminate()
             try:
-                proc.wait(timeout=10)
+                proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
@@ -388,7 +388,8 @@ def _http_ok(url: str, ctx: ssl.SSLContext | None = None) -> bool:
 @contextlib.contextmanager
 def control_plane(ports: Ports, keep_dir: bool) -> Iterator[ControlPlane]:
     """Start the private control plane; stop it and remove its dir however the block ends
-    (SIGTERM is turned into KeyboardInterrupt so ``kill`` tears down too)."""
+    (SIGTERM is KeyboardInterrupt here, and inside trio :func:`cancel_on_sigterm` handles it,
+    so ``kill`` tears down too)."""
     root = Path(tempfile.mkdtemp(prefix="dracpu-sched-scale-"))
     previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     cp = ControlPlane(root, ports)
@@ -857,8 +858,10 @@ async def run(cp: ControlPlane, args: argparse.Namespace) -> tuple[list[Row], li
     async with KubeClient(cp.kube_config()) as client:
         bench = Bench(cp, client, topology, args)
         await bench.setup()
+        stopped: list[int] = []
         async with trio.open_nursery() as nursery:
             await nursery.start(bench.watch.run)
+            nursery.start_soon(cancel_on_sigterm, nursery.cancel_scope, stopped)
             for mode in (DeviceMode.INDIVIDUAL, DeviceMode.GROUPED):
                 attrs = device_attributes(node_slice_specs(topology, "n", mode))
                 for count in args.nodes:
@@ -880,7 +883,19 @@ async def run(cp: ControlPlane, args: argparse.Namespace) -> tuple[list[Row], li
                     print(f" {frag.outcome} ({frag.seconds or 0:.2f}s)", flush=True)
                     frags.append(frag)
             nursery.cancel_scope.cancel()
+        if stopped:
+            raise KeyboardInterrupt
     return rows, frags
+
+
+async def cancel_on_sigterm(scope: trio.CancelScope, stopped: list[int]) -> None:
+    """On SIGTERM, note it in ``stopped`` and cancel ``scope`` (the caller then stops like on
+    Ctrl-C). Cancellation: stops listening."""
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async for signum in signals:
+            stopped.append(signum)
+            scope.cancel()
+            return
 
 
 def _fmt(row: Row) -> str:
@@ -946,7 +961,13 @@ def main() -> int:
     try:
         with control_plane(Ports(), args.keep_dir) as cp:
             rows, frags = trio.run(run, cp, args)
-    except KeyboardInterrupt:
+    except BaseException as exc:
+        # Ctrl-C inside trio arrives wrapped in an exception group.
+        interrupted = isinstance(exc, KeyboardInterrupt) or (
+            isinstance(exc, BaseExceptionGroup) and exc.subgroup(KeyboardInterrupt) is not None
+        )
+        if not interrupted:
+            raise
         print("bench_sched_scale: interrupted; control plane stopped", file=sys.stderr)
         return 130
     print()
