@@ -492,7 +492,7 @@ def fill_claim_spec(mode: DeviceMode, numa: int, cpus: int) -> dict[str, Any]:
 
 
 def pod_object(name: str, claim: str | None) -> dict[str, Any]:
-    container: dict[str, Any] = {"name": "c", "image": "registry.k8s.io/pause:3.10"}
+    container: dict[str, Any] = {"name": "c", "image": "pause:never-pulled"}
     spec: dict[str, Any] = {"containers": [container], "terminationGracePeriodSeconds": 0}
     if claim:
         container["resources"] = {"claims": [{"name": "cpus"}]}
