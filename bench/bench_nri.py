@@ -81,8 +81,19 @@ class LazyPinningHandler(PinningHandler):
         self._answer: bytes | None = None
 
     async def create_container_view(self, request: CreateRequestView) -> bytes:
+        return self.create_container_now(request)
+
+    def create_container_now(self, request: CreateRequestView) -> bytes:
         if self._answer is None:
-            self._answer = bytes(await self.create_container(api.PodSandbox(), api.Container()))
+            self._answer = bytes(
+                api.CreateContainerResponse(
+                    adjust=api.ContainerAdjustment(
+                        linux=api.LinuxContainerAdjustment(
+                            resources=api.LinuxResources(cpu=api.LinuxCpu(cpus="2-3", mems="0"))
+                        )
+                    )
+                )
+            )
         return self._answer
 
 

@@ -868,9 +868,14 @@ def _container_created(
     for uid in decision.claims:
         owners[uid] = Owner(container.pod.uid, container.name, container.kind)
     containers[container.id] = KnownContainer(container, decision.claims, decision.cpus, memory)
+    if synced:
+        # O(changed): with every shared container already on the pool there is nothing to
+        # scan, and the stamp carries over to the new map (one copy of the state, not two).
+        stamp = (containers, pool) if pool else None
+        after = dataclasses.replace(state, containers=containers, owners=owners, pool_stamp=stamp)
+        return after, (AdjustContainer(container.id, decision.cpus, (), memory),)
     after = dataclasses.replace(state, containers=containers, owners=owners, pool_stamp=None)
-    # O(changed): with every shared container already on the pool there is nothing to scan.
-    updates = () if synced else shared_updates(after, exclude=container.id)
+    updates = shared_updates(after, exclude=container.id)
     after = _record_updates(after, updates) if updates else after
     after = dataclasses.replace(after, pool_stamp=(after.containers, pool) if pool else None)
     return after, (AdjustContainer(container.id, decision.cpus, updates, memory),)
