@@ -7,8 +7,9 @@ container to a fixed cpuset from in-memory state, as the real policy does.
 
     python bench/bench_nri.py [--calls 2000] [--nri-version v0.12.0] [--full-decode]
 
-By default the handler takes the plugin's lazy CreateContainer path (``dracpu.nri.lazy``);
-``--full-decode`` gives it the betterproto2 decode and encode instead.
+By default the handler takes the plugin's fastest CreateContainer path: the lazy strict read
+(``dracpu.nri.lazy``) and an answer in the connection's read loop (``create_container_now``);
+``--full-decode`` gives it the betterproto2 decode and encode in a task instead.
 
 Prints p50/p99/max latency. Goal: p99 <= 1 ms.
 """
