@@ -140,25 +140,27 @@ class Owner:
         task_status.started()
         async for item in self._receive:
             self._busy = True
-            batch = [item]
-            while len(batch) < self.max_group:
-                try:
-                    batch.append(self._receive.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            self._queued -= len(batch)
-            events = [event for event, _ in batch]
-            with trio.CancelScope(shield=True):
-                state, steps, body = self._step_group(events)
-                error = None
-                if body is not None:
-                    error = await trio.to_thread.run_sync(self._write_checkpoint, body)
-            results = self._finish_group(state, steps, error, body is not None)
-            for (_, reply_to), applied in zip(batch, results, strict=True):
-                # If the caller was cancelled, the kubelet retries and gets the same answer.
-                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    reply_to.send_nowait(applied)
-            self._busy = False
+            try:
+                batch = [item]
+                while len(batch) < self.max_group:
+                    try:
+                        batch.append(self._receive.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                self._queued -= len(batch)
+                events = [event for event, _ in batch]
+                with trio.CancelScope(shield=True):
+                    state, steps, body = self._step_group(events)
+                    error = None
+                    if body is not None:
+                        error = await trio.to_thread.run_sync(self._write_checkpoint, body)
+                results = self._finish_group(state, steps, error, body is not None)
+                for (_, reply_to), applied in zip(batch, results, strict=True):
+                    # If the caller was cancelled, the kubelet retries and gets the same answer.
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                        reply_to.send_nowait(applied)
+            finally:
+                self._busy = False
             await trio.lowlevel.checkpoint()
         raise AssertionError("unreachable: the owner keeps its own send channel open")
 
