@@ -16,6 +16,11 @@ that the peer does not drain within ``write_timeout`` seconds, or a frame left i
 A malformed or oversized frame, EOF, a stalled peer or a failed write closes the connection: the
 reason is logged once, every pending call fails with :class:`ConnectionClosedError`, and every
 request task is cancelled.
+
+The fast path: with ``serve_now`` (a :data:`SyncRequestHandler`), a request arriving while none
+is in flight may be answered in the read loop itself, with no task and no deadline scope. On a
+``trio.SocketStream`` the loop reads and writes the descriptor directly, waiting only when the
+socket has nothing to read or will not take the whole frame.
 """
 
 from __future__ import annotations
@@ -78,7 +83,8 @@ class MuxConnection:
     """The two ttrpc conversations of one NRI socket; see the module docstring.
 
     The plugin role (default) serves conn 1 and calls on conn 2; ``serve_conn=2, call_conn=1``
-    gives the runtime role, which tests use as an in-memory runtime.
+    gives the runtime role, which tests use as an in-memory runtime. ``serve_now`` is the
+    optional read-loop fast path (module docstring).
     """
 
     def __init__(
