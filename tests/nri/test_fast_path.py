@@ -145,7 +145,10 @@ async def test_a_backlog_of_reads_does_not_starve_other_tasks() -> None:
     with contextlib.suppress(BlockingIOError):
         while backlog < 4 << 20:
             backlog += theirs.send(frame)
-    assert backlog > 4 * (MAX_READS_WITHOUT_CHECKPOINT + 1) * READ_SIZE // 2
+    if backlog < 2 * (MAX_READS_WITHOUT_CHECKPOINT + 1) * READ_SIZE:
+        ours.close()
+        theirs.close()
+        pytest.skip(f"the kernel queues only {backlog} bytes (net.core.wmem_max too small)")
     conn = MuxConnection(
         trio.SocketStream(trio.socket.from_stdlib_socket(ours)), Served().serve, name="plugin"
     )
