@@ -13,8 +13,10 @@ Synchronize ends the failure streak.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import re
+import stat
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +39,9 @@ from generated.nri.pkg.api import v1alpha1 as api
 
 REDIAL_BACKOFF = Backoff(initial=0.2, maximum=30.0, jitter=0.5)
 """Redial schedule: ±50 % jitter spreads a fleet of plugins restarted with their runtime."""
+SOCKET_POLL = 0.25
+"""While waiting to redial, how often the socket path is looked at: a socket that appears (or
+is replaced, a restarted runtime) is dialled at once instead of after the rest of the delay."""
 
 log = logging.getLogger("dracpu.nri")
 
@@ -124,6 +129,9 @@ class NriPlugin:
     ``dial`` opens the socket (default: the unix socket at ``socket_path``); tests pass an
     in-memory stream factory. ``backoff`` paces redials (``rng`` seeds its jitter in tests).
     ``frame_timeout``/``write_timeout`` bound a stalled runtime (see :class:`MuxConnection`).
+    A redial delay ends early when a new socket appears at ``socket_path`` (looked at every
+    ``socket_poll`` seconds), so a runtime that comes back, or turns NRI on, is found within
+    about ``socket_poll`` seconds however long the backoff has grown.
     """
 
     def __init__(
@@ -139,6 +147,7 @@ class NriPlugin:
         rng: random.Random | None = None,
         frame_timeout: float = FRAME_TIMEOUT,
         write_timeout: float = WRITE_TIMEOUT,
+        socket_poll: float = SOCKET_POLL,
     ) -> None:
         if not _NAME.match(name):
             raise InvalidValueError(
@@ -175,6 +184,7 @@ class NriPlugin:
         )
         self._frame_timeout = frame_timeout
         self._write_timeout = write_timeout
+        self._socket_poll = socket_poll
         self._session: _Session | None = None
         self._sessions_synchronized = 0
         self.on_request: Callable[[str, float], None] | None = None
@@ -218,10 +228,11 @@ class NriPlugin:
         """
         started = False
         while True:
+            seen = self._socket_identity()
             try:
                 stream = await self._dial()
             except OSError as exc:
-                await trio.sleep(self._retry.failed(f"cannot connect: {exc}"))
+                await self._redial_sleep(self._retry.failed(f"cannot connect: {exc}"), seen)
                 continue
             reason = ""
             async with trio.open_nursery() as nursery:
@@ -248,7 +259,31 @@ class NriPlugin:
                 reason = await self._run_session(session)
                 nursery.cancel_scope.cancel()
             self._session = None
-            await trio.sleep(self._retry.failed(f"connection lost: {reason}"))
+            seen = self._socket_identity()
+            await self._redial_sleep(self._retry.failed(f"connection lost: {reason}"), seen)
+
+    def _socket_identity(self) -> tuple[int, int, int] | None:
+        """(device, inode, change time) of the socket at ``socket_path``; None if there is none."""
+        try:
+            st = os.stat(self._socket_path)
+        except OSError:
+            return None
+        if not stat.S_ISSOCK(st.st_mode):
+            return None
+        return (st.st_dev, st.st_ino, st.st_ctime_ns)
+
+    async def _redial_sleep(self, delay: float, seen: tuple[int, int, int] | None) -> None:
+        """Sleep ``delay`` seconds, or less once a socket other than ``seen`` is at the path.
+
+        Cancellation: propagates at once; nothing to undo.
+        """
+        with trio.move_on_after(delay):
+            while True:
+                await trio.sleep(self._socket_poll)
+                now = self._socket_identity()
+                if now is not None and now != seen:
+                    log.debug("NRI: a new socket at %s; dialling now", self._socket_path)
+                    return
 
     async def update_containers(
         self,
