@@ -91,6 +91,7 @@ async def test_endpoint_health_metrics_status(
     status = (await get(r, "/status")).json()
     assert [c["uid"] for c in status["claims"]] == ["u1"]
     assert status["hotplug"]["topologyChanges"] == 0
+    assert status["enforcement"] == "none"
     assert status["endpoint"] == r.daemon.endpoint_addresses
     # /logs serves the daemon's RecentLines ring (`dracpu run` installs it on the root logger).
     recent = RecentLines()
