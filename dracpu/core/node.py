@@ -1018,14 +1018,16 @@ def _synchronized(
     base = dataclasses.replace(
         state, claims=claims, held=held, containers=immutables.Map(), owners={}
     )
-    # Known owners of claims with no running container stay (a stopped container restarts).
-    owners = {uid: o for uid, o in state.owners.items() if uid in claims}
+    # Exclusive containers first, so ownership is settled before shared ones are placed.
+    ordered = sorted(containers, key=lambda c: (not _has_claim_env(c), c.pod.uid, c.name, c.id))
+    # Known owners stay (a stopped container restarts), seen the way this runtime names them.
+    owners = {
+        uid: _renamed_owner(o, uid, ordered) for uid, o in state.owners.items() if uid in claims
+    }
     base = dataclasses.replace(base, owners=owners)
     known: immutables.Map[str, KnownContainer] = immutables.Map()
     updates: list[ContainerUpdate] = []
     current = base
-    # Exclusive containers first, so ownership is settled before shared ones are placed.
-    ordered = sorted(containers, key=lambda c: (not _has_claim_env(c), c.pod.uid, c.name, c.id))
     for container in ordered:
         decision = decide(current, container)
         exclusive = decision.cpus if isinstance(decision, Exclusive) else None
@@ -1054,6 +1056,31 @@ def _synchronized(
             )
     effects.append(ReplySynchronize(tuple(updates)))
     return current, tuple(effects)
+
+
+def _renamed_owner(owner: Owner, uid: str, running: list[ContainerInfo]) -> Owner:
+    """``owner`` of claim ``uid``, renamed to a running container of its pod naming the claim
+    when none of them has its name.
+
+    The two enforcers name a consumer differently: NRI by container name, the cgroup fallback
+    (which sees no names) by the claims its env names. At a handover between them, the same
+    running container reports another name; without this it would be taken for a second
+    consumer and moved to the shared pool. A container of another pod never takes a claim over.
+    """
+    same_pod = []
+    for container in running:
+        if container.pod.uid != owner.pod_uid:
+            continue
+        if container.name == owner.container:
+            return owner
+        try:
+            if uid in parse_env(container.env):
+                same_pod.append(container)
+        except CpusetEnvError:
+            continue
+    if not same_pod:
+        return owner
+    return Owner(owner.pod_uid, same_pod[0].name, same_pod[0].kind)
 
 
 def _has_claim_env(container: ContainerInfo) -> bool:

@@ -218,6 +218,33 @@ def test_synchronize_repins_drift_adopts_and_reasserts_pool() -> None:
     assert after2.claims == after.claims
 
 
+def test_synchronize_by_another_enforcer_keeps_the_pin_of_the_same_consumer() -> None:
+    """NRI names a consumer by container name, the cgroup fallback by the claims its env names:
+    at a handover either way, the same running container keeps its claim; a container of
+    another pod naming the claim still goes to the pool."""
+    state = with_claim(machine(), "c1", "2-3")
+    pool = CpuSet.parse("0-1,4-7")
+    fallback_name = "claims:DRA_CPUSET_c1"
+    state, _ = step(
+        state,
+        RuntimeSynchronized((ctr("x1", ("c1", "2-3"), name=fallback_name, cpus=pool),)),
+    )
+    assert state.owners["c1"].container == fallback_name
+    for name in ("app", fallback_name, "app"):  # fallback -> NRI -> fallback -> NRI
+        running = (
+            ctr("x1", ("c1", "2-3"), name=name, cpus=CpuSet.parse("0-7")),
+            ctr("o1", ("c1", "2-3"), pod=POD_B, name=name, cpus=pool),
+        )
+        state, effects = step(state, RuntimeSynchronized(running))
+        reply = effects[-1]
+        assert isinstance(reply, ReplySynchronize)
+        assert ContainerUpdate("x1", CpuSet.parse("2-3")) in reply.updates
+        assert state.containers["x1"].claims == ("c1",)
+        assert state.containers["o1"].claims == ()
+        assert state.owners["c1"].container == name
+        assert state.owners["c1"].pod_uid == POD_A.uid
+
+
 def test_adopted_claim_gets_its_name_at_the_kubelets_retry() -> None:
     state = machine()
     running = (ctr("u1", ("up", "4-5"), cpus=CpuSet.parse("4-5")),)
