@@ -159,7 +159,8 @@ def test_one_claim_one_container() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kind", "passes"), [(ContainerKind.INIT, True), (ContainerKind.SIDECAR, False)]
+    ("kind", "passes"),
+    [(ContainerKind.INIT, True), (ContainerKind.CONTAINER, True), (ContainerKind.SIDECAR, False)],
 )
 def test_init_container_claim_passes_on_sidecar_keeps_it(kind: ContainerKind, passes: bool) -> None:
     state = with_claim(machine(), "c1", "2-3")
@@ -167,8 +168,11 @@ def test_init_container_claim_passes_on_sidecar_keeps_it(kind: ContainerKind, pa
     _, reply = create(state, ctr("a1", ("c1", "2-3"), name="app"))
     assert isinstance(reply, RejectContainer)  # the owner still runs
     state, _ = step(state, ContainerRemoved("i1"))
-    _, reply = create(state, ctr("a1", ("c1", "2-3"), name="app"))
+    state, reply = create(state, ctr("a1", ("c1", "2-3"), name="app"))
     assert isinstance(reply, AdjustContainer) is passes
+    if passes:  # the first consumer, restarted while the new one runs, is refused
+        _, reply = create(state, ctr("i2", ("c1", "2-3"), name="init", kind=kind))
+        assert "is already used by container 'app'" in rejected(reply)
     # Never across pods.
     _, reply = create(state, ctr("b1", ("c1", "2-3"), pod=POD_B, name="app"))
     assert isinstance(reply, RejectContainer)
