@@ -134,8 +134,10 @@ def pod_log(kube: httpx.Client, ns: str, name: str, container: str) -> str:
 
 
 def container_id(pod: dict[str, Any], container: str) -> str:
-    """The runtime's container ID from the pod status (``containerd://<id>``)."""
-    for s in pod["status"]["containerStatuses"]:
+    """The runtime's container ID from the pod status (``containerd://<id>``); init containers
+    (sidecars too) included."""
+    status = pod["status"]
+    for s in status["containerStatuses"] + status.get("initContainerStatuses", []):
         if s["name"] == container:
             cid: str = s["containerID"]
             return cid.split("://", 1)[1]
