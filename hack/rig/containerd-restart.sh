@@ -20,9 +20,10 @@ if kill -0 "$pid" 2>/dev/null; then
     kill -0 "$pid" 2>/dev/null && { kill -KILL "$pid"; rig_log "containerd: killed after 10s"; }
 fi
 cg=$(cat "$RIG_RUN/runtime-cgroup")
-setsid sh -c 'echo $$ > "$1/cgroup.procs"; shift; exec "$@"' sh "$cg" \
+# Not inheriting the caller's descriptors: the rig lock's would stay held by containerd.
+(close_inherited_fds; exec setsid sh -c 'echo $$ > "$1/cgroup.procs"; shift; exec "$@"' sh "$cg" \
     env PATH="$RIG_BIN:$PATH" "$RIG_BIN/containerd" --config "$RIG_STATE/containerd.toml" \
-    >>"$log" 2>&1 </dev/null &
+    >>"$log" 2>&1 </dev/null) &
 echo $! >"$pid_file"
 deadline=$(( $(date +%s) + 60 ))
 cri_up() { "${CTR[@]}" plugins ls 2>/dev/null | grep -Eq '^io\.containerd\.grpc\.v1 +cri +.* ok *$'; }

@@ -12,23 +12,23 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e.dra_driver import DracpuDaemon
+from tests.e2e.dra_driver import DaemonFactory, grouped_daemon
 from tests.e2e.kube import (
-    RESOURCE,
     Created,
     busybox_container,
+    claim_cpus,
+    claim_template,
     container_process,
     event_messages,
     get,
-    node_slices,
     pod_body,
     pod_log,
+    template_claim_pod,
     wait_for,
     wait_running,
 )
@@ -37,51 +37,12 @@ from tests.e2e.rig import Rig
 pytestmark = pytest.mark.e2e
 
 NS = "default"
-ONE_CPU = {"cpu": "1", "memory": "64Mi"}
-DaemonFactory = Callable[..., DracpuDaemon]
 # Prints its own affinity every 0.3 s (the grep child inherits the shell's, which NRI moves).
 WATCH_SELF = "while true; do grep Cpus_allowed_list /proc/self/status; sleep 0.3; done"
 
 
 def _tag() -> str:
     return uuid.uuid4().hex[:6]
-
-
-def _daemon(factory: DaemonFactory, kube: httpx.Client, rig: Rig, **opts: Any) -> DracpuDaemon:
-    drv = factory(cpu_device_mode="grouped", group_by="numanode", **opts)
-    wait_for("published slice", lambda: node_slices(kube, rig), 20)
-    return drv
-
-
-def _template(created: Created, name: str, cpus: int = 1) -> None:
-    request = {
-        "name": "cpus",
-        "exactly": {
-            "deviceClassName": "dra.cpu",
-            "capacity": {"requests": {"dra.cpu/cpu": str(cpus)}},
-        },
-    }
-    created.post(
-        f"{RESOURCE}/namespaces/{NS}/resourceclaimtemplates",
-        {"metadata": {"name": name}, "spec": {"spec": {"devices": {"requests": [request]}}}},
-    )
-
-
-def _claim_pod(rig: Rig, name: str, template: str, containers: int = 1) -> dict[str, Any]:
-    """Option B: each container asks for 1 CPU and uses claim ``cpus``."""
-    return pod_body(
-        name,
-        [
-            busybox_container(
-                rig,
-                f"c{i}",
-                "sleep 3600",
-                resources={"requests": ONE_CPU, "limits": ONE_CPU, "claims": [{"name": "cpus"}]},
-            )
-            for i in range(containers)
-        ],
-        resourceClaims=[{"name": "cpus", "resourceClaimTemplateName": template}],
-    )
 
 
 def _shared_pod(rig: Rig, name: str, **extra: Any) -> dict[str, Any]:
@@ -94,21 +55,6 @@ def _seen_inside(kube: httpx.Client, name: str) -> str:
     return lines[-1].split(":", 1)[1].strip() if lines else ""
 
 
-def _claim_cpus(kube: httpx.Client, pod: dict[str, Any]) -> tuple[str, str]:
-    (st,) = pod["status"]["resourceClaimStatuses"]
-    claim = get(kube, f"{RESOURCE}/namespaces/{NS}/resourceclaims/{st['resourceClaimName']}")
-    uid: str = claim["metadata"]["uid"]
-    path = f"{RESOURCE}/namespaces/{NS}/resourceclaims/{st['resourceClaimName']}"
-
-    def data() -> str:
-        for dev in get(kube, path).get("status", {}).get("devices", []):
-            if dev.get("data"):
-                return str(dev["data"]["claimCpuset"])
-        return ""
-
-    return uid, wait_for("claim status.devices data", data, 20)
-
-
 def test_exclusive_pin_and_the_shared_pool_shrinking_and_widening(
     rig: Rig,
     kube: httpx.Client,
@@ -116,7 +62,7 @@ def test_exclusive_pin_and_the_shared_pool_shrinking_and_widening(
     created: Created,
     dracpu_class: str,
 ) -> None:
-    _daemon(dracpu_daemon_factory, kube, rig)
+    grouped_daemon(dracpu_daemon_factory, kube, rig)
     tag = _tag()
     shared = f"e2e-shared-{tag}"
     created.pod(_shared_pod(rig, shared))
@@ -124,11 +70,11 @@ def test_exclusive_pin_and_the_shared_pool_shrinking_and_widening(
     wait_for("shared container sees 0-1", lambda: _seen_inside(kube, shared) == "0-1", 20)
     assert container_process(rig, sp, "main").cpus_allowed_list == "0-1"
 
-    _template(created, f"e2e-{tag}")
+    claim_template(created, f"e2e-{tag}")
     excl = f"e2e-excl-{tag}"
-    created.pod(_claim_pod(rig, excl, f"e2e-{tag}"))
+    created.pod(template_claim_pod(rig, excl, f"e2e-{tag}"))
     ep = wait_running(kube, NS, excl, timeout=90)
-    uid, cpus = _claim_cpus(kube, ep)
+    uid, cpus = claim_cpus(kube, ep)
     proc = container_process(rig, ep, "c0")
     assert proc.environ[f"DRA_CPUSET_{uid}"] == cpus
     assert proc.cpus_allowed_list == cpus
@@ -148,7 +94,7 @@ def test_forged_cpuset_env_is_rejected(
     created: Created,
     dracpu_class: str,
 ) -> None:
-    _daemon(dracpu_daemon_factory, kube, rig)
+    grouped_daemon(dracpu_daemon_factory, kube, rig)
     forged = str(uuid.uuid4())
     name = f"e2e-forged-{_tag()}"
     created.pod(_shared_pod(rig, name, env=[{"name": f"DRA_CPUSET_{forged}", "value": "0"}]))
@@ -170,11 +116,11 @@ def test_claim_used_by_a_second_container_is_rejected(
     created: Created,
     dracpu_class: str,
 ) -> None:
-    _daemon(dracpu_daemon_factory, kube, rig)
+    grouped_daemon(dracpu_daemon_factory, kube, rig)
     tag = _tag()
-    _template(created, f"e2e-{tag}")
+    claim_template(created, f"e2e-{tag}")
     name = f"e2e-two-{tag}"
-    created.pod(_claim_pod(rig, name, f"e2e-{tag}", containers=2))
+    created.pod(template_claim_pod(rig, name, f"e2e-{tag}", containers=2))
     want = "a claim has one consumer"
     messages = wait_for(
         "second container refused",
@@ -196,15 +142,15 @@ def test_daemon_killed_and_restarted_moves_nothing(
     created: Created,
     dracpu_class: str,
 ) -> None:
-    first = _daemon(dracpu_daemon_factory, kube, rig)
+    first = grouped_daemon(dracpu_daemon_factory, kube, rig)
     tag = _tag()
-    _template(created, f"e2e-{tag}")
+    claim_template(created, f"e2e-{tag}")
     excl, shared = f"e2e-excl-{tag}", f"e2e-shared-{tag}"
-    created.pod(_claim_pod(rig, excl, f"e2e-{tag}"))
+    created.pod(template_claim_pod(rig, excl, f"e2e-{tag}"))
     created.pod(_shared_pod(rig, shared))
     ep = wait_running(kube, NS, excl, timeout=90)
     sp = wait_running(kube, NS, shared)
-    uid, cpus = _claim_cpus(kube, ep)
+    uid, cpus = claim_cpus(kube, ep)
     rest = {"0": "1", "1": "0"}[cpus]
     wait_for("shared pool settled", lambda: _seen_inside(kube, shared) == rest, 20)
     held = first.status()["claims"]
@@ -234,15 +180,15 @@ def test_containerd_restart_keeps_the_pins_and_nri_comes_back(
     created: Created,
     dracpu_class: str,
 ) -> None:
-    drv = _daemon(dracpu_daemon_factory, kube, rig)
+    drv = grouped_daemon(dracpu_daemon_factory, kube, rig)
     tag = _tag()
-    _template(created, f"e2e-{tag}")
+    claim_template(created, f"e2e-{tag}")
     excl, shared = f"e2e-excl-{tag}", f"e2e-shared-{tag}"
-    created.pod(_claim_pod(rig, excl, f"e2e-{tag}"))
+    created.pod(template_claim_pod(rig, excl, f"e2e-{tag}"))
     created.pod(_shared_pod(rig, shared))
     ep = wait_running(kube, NS, excl, timeout=90)
     sp = wait_running(kube, NS, shared)
-    _, cpus = _claim_cpus(kube, ep)
+    _, cpus = claim_cpus(kube, ep)
     rest = {"0": "1", "1": "0"}[cpus]
     wait_for("shared pool settled", lambda: _seen_inside(kube, shared) == rest, 20)
     synced = "NRI: plugin 90-dra.cpu registered and synchronized"
