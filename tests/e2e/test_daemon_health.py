@@ -39,6 +39,7 @@ NS = "default"
 CPUS = Path("/sys/devices/system/cpu")
 # This machine as the rig sees it: one socket, one NUMA node, CPUs 0 and 1 (no SMT).
 RIG_MACHINE = SysfsSpec(cores_per_numa=2, threads=1)
+WATCHING_V1 = "kubelet is watching device health (v1)"
 
 
 def _set_online(view: Path, cpu: int, online: bool) -> None:
@@ -95,6 +96,8 @@ def test_offline_cpu_of_a_running_claim_shows_unhealthy_in_pod_status(
         lambda: (h := daemon.status()["hotplug"])["state"] != "starting" and h,
     )
     assert hotplug["state"] == "listening", hotplug
+    # The 1.37 kubelet chose the v1 health service from the announced ones.
+    wait_for("kubelet watches health v1", lambda: WATCHING_V1 in daemon.log.read_text(), 20)
     tag = uuid.uuid4().hex[:6]
     claim_template(created, f"e2e-{tag}")
     name = f"e2e-health-{tag}"
