@@ -85,8 +85,10 @@ class MetadataWriter:
         """
         specs = sorted(self.cdi_dir.glob(dm.cdi_spec_glob(self.driver, uid)))
         dirs = {self._dir_of(spec) for spec in specs} - {None}
-        if namespace and name:
-            dirs.add(Path(dm.claim_metadata_dir(str(self.plugin_data_dir), namespace, name)))
+        named = Path(dm.claim_metadata_dir(str(self.plugin_data_dir), namespace, name))
+        # Only a plain directory name of the metadata root (no path tricks in the reference).
+        if namespace and name and named.parent == self._root() and ".." not in named.parts:
+            dirs.add(named)
         for directory in sorted(d for d in dirs if d is not None):
             if _names_other_claim(directory, uid):
                 continue
@@ -104,6 +106,10 @@ class MetadataWriter:
             except OSError as exc:
                 raise MetadataError(f"cannot remove metadata CDI spec {spec}: {exc}") from exc
 
+    def _root(self) -> Path:
+        """The directory holding one subdirectory per claim."""
+        return Path(dm.claim_metadata_dir(str(self.plugin_data_dir), "x", "x")).parent
+
     def _dir_of(self, spec: Path) -> Path | None:
         """The claim directory a metadata CDI spec of ours mounts from, or None when the spec
         is unreadable or points anywhere but ``<metadata root>/<dir>/<request>/metadata.json``."""
@@ -117,7 +123,7 @@ class MetadataWriter:
             ]
         except (OSError, ValueError, TypeError, KeyError):
             return None
-        root = Path(dm.claim_metadata_dir(str(self.plugin_data_dir), "x", "x")).parent
+        root = self._root()
         for host_path in host_paths:
             path = Path(host_path)
             if ".." in path.parts or path.name != "metadata.json":

@@ -459,7 +459,8 @@ class Daemon:
 
     def _remove_metadata(self, released: list[ClaimRef], reply: object) -> None:
         """Remove the device metadata of claims restart recovery released (the kubelet's
-        unprepare removes it otherwise); a failure is logged, the files stay for the next try."""
+        unprepare removes it otherwise). A failure is logged and leaves those files behind: the
+        claim is released either way (its CPUs must not stay held for files)."""
         writer = self.metadata_writer()
         if writer is None or not isinstance(reply, node.ReplyUnprepare):
             return
