@@ -32,9 +32,10 @@ fi
 # No runtime listens on a socket left by the old containerd: a plugin must not find one.
 [ "$nri" = on ] || rm -f "$RIG_NRI_SOCKET"
 cg=$(cat "$RIG_RUN/runtime-cgroup")
-setsid sh -c 'echo $$ > "$1/cgroup.procs"; shift; exec "$@"' sh "$cg" \
+# Not inheriting the caller's descriptors: the rig lock's would stay held by containerd.
+(close_inherited_fds; exec setsid sh -c 'echo $$ > "$1/cgroup.procs"; shift; exec "$@"' sh "$cg" \
     env PATH="$RIG_BIN:$PATH" "$RIG_BIN/containerd" --config "$config" \
-    >>"$log" 2>&1 </dev/null &
+    >>"$log" 2>&1 </dev/null) &
 echo $! >"$pid_file"
 deadline=$(( $(date +%s) + 60 ))
 cri_up() { "${CTR[@]}" plugins ls 2>/dev/null | grep -Eq '^io\.containerd\.grpc\.v1 +cri +.* ok *$'; }
