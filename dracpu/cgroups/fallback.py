@@ -269,6 +269,18 @@ class CgroupEnforcer:
             self._write(seen, reply.cpus)
             self._write_memory(seen, reply.memory.mems_text, reply.memory.hugepage_limits)
             self.apply_updates(reply.updates)
+            placed = self.decider.state.containers.get(cid)
+            # The pin latency (`bench/bench_fallback_rig.py` reads these lines).
+            _log.log(
+                logging.INFO if placed is not None and placed.claims else logging.DEBUG,
+                "cgroup fallback: container %s of pod uid %s on CPUs %s (%s), %.1f ms after "
+                "its cgroup appeared",
+                cid,
+                seen.ident.pod_uid,
+                reply.cpus,
+                "claims " + ",".join(placed.claims) if placed and placed.claims else "shared",
+                (time.monotonic() - seen.first_seen) * 1000,
+            )
         elif isinstance(reply, node.RejectContainer):
             _log.error("cgroup fallback: %s; its cpuset is left as it is", reply.reason)
 

@@ -179,9 +179,12 @@ def decide(state: NodeState, container: ContainerInfo) -> Decision:
 def _may_use(state: NodeState, owner: Owner, container: ContainerInfo) -> bool:
     if owner.pod_uid == container.pod.uid and owner.container == container.name:
         return True
-    if owner.kind is not ContainerKind.INIT or owner.pod_uid != container.pod.uid:
+    if owner.kind is ContainerKind.SIDECAR or owner.pod_uid != container.pod.uid:
         return False
-    # A finished init container's claim passes to the pod's next container (kubelet reuse).
+    # A stopped consumer's claim passes to the pod's next container naming it, as the kubelet
+    # reuses a finished init container's CPUs. NRI does not say which container is an init
+    # container (kubelets up to v1.37 annotate no type), so this holds for every kind the
+    # runtime cannot tell from a regular one; only a known sidecar, which restarts, keeps it.
     return not any(
         c.info.pod.uid == owner.pod_uid and c.info.name == owner.container
         for c in state.containers.values()

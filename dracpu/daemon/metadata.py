@@ -75,21 +75,72 @@ class MetadataWriter:
         return ids
 
     def remove(self, *, namespace: str, name: str, uid: str) -> None:
-        """Remove one claim's metadata directory and CDI specs (nothing there is fine).
+        """Remove one claim's metadata directories and CDI specs (nothing there is fine).
 
-        Raises :class:`MetadataError` naming what could not be removed.
+        The directories are the one named for ``namespace``/``name`` (when both are given) and
+        those the claim's own metadata CDI specs mount, so a claim known only by its UID (adopted
+        from its CDI spec after a restart) is cleaned up too. A directory whose metadata names
+        another claim UID (a newer claim of the same name) is left alone. Raises
+        :class:`MetadataError` naming what could not be removed. Synchronous (small files).
         """
-        directory = Path(dm.claim_metadata_dir(str(self.plugin_data_dir), namespace, name))
-        try:
-            shutil.rmtree(directory)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise MetadataError(f"cannot remove device metadata {directory}: {exc}") from exc
-        for spec in self.cdi_dir.glob(dm.cdi_spec_glob(self.driver, uid)):
+        specs = sorted(self.cdi_dir.glob(dm.cdi_spec_glob(self.driver, uid)))
+        dirs = {self._dir_of(spec) for spec in specs} - {None}
+        named = Path(dm.claim_metadata_dir(str(self.plugin_data_dir), namespace, name))
+        # Only a plain directory name of the metadata root (no path tricks in the reference).
+        if namespace and name and named.parent == self._root() and ".." not in named.parts:
+            dirs.add(named)
+        for directory in sorted(d for d in dirs if d is not None):
+            if _names_other_claim(directory, uid):
+                continue
+            try:
+                shutil.rmtree(directory)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise MetadataError(f"cannot remove device metadata {directory}: {exc}") from exc
+        for spec in specs:
             try:
                 spec.unlink()
             except FileNotFoundError:
                 pass
             except OSError as exc:
                 raise MetadataError(f"cannot remove metadata CDI spec {spec}: {exc}") from exc
+
+    def _root(self) -> Path:
+        """The directory holding one subdirectory per claim."""
+        return Path(dm.claim_metadata_dir(str(self.plugin_data_dir), "x", "x")).parent
+
+    def _dir_of(self, spec: Path) -> Path | None:
+        """The claim directory a metadata CDI spec of ours mounts from, or None when the spec
+        is unreadable or points anywhere but ``<metadata root>/<dir>/<request>/metadata.json``."""
+        try:
+            doc = json.loads(spec.read_bytes())
+            host_paths = [
+                m["hostPath"]
+                for d in doc["devices"]
+                for m in d["containerEdits"]["mounts"]
+                if isinstance(m.get("hostPath"), str)
+            ]
+        except (OSError, ValueError, TypeError, KeyError):
+            return None
+        root = self._root()
+        for host_path in host_paths:
+            path = Path(host_path)
+            if ".." in path.parts or path.name != "metadata.json":
+                continue
+            if path.parent.parent.parent == root:
+                return path.parent.parent
+        return None
+
+
+def _names_other_claim(directory: Path, uid: str) -> bool:
+    """Whether a metadata file in ``directory`` belongs to a claim other than ``uid``."""
+    for meta in directory.glob("*/metadata.json"):
+        try:
+            body = json.loads(meta.read_bytes())
+            owner = body["metadata"]["uid"]
+        except (OSError, ValueError, TypeError, KeyError):
+            continue
+        if owner != uid:
+            return True
+    return False

@@ -55,7 +55,7 @@ from dracpu.daemon.enforcement import Enforcement
 from dracpu.daemon.handler import DaemonClaimHandler
 from dracpu.daemon.health import NodeHealth, device_health, node_health
 from dracpu.daemon.memory import MEMORY_DRIVER, MemoryDriver
-from dracpu.daemon.metadata import MetadataWriter
+from dracpu.daemon.metadata import MetadataError, MetadataWriter
 from dracpu.daemon.owner import Owner
 from dracpu.daemon.status import serve_status, status_document
 from dracpu.errors import DracpuError, InvalidValueError
@@ -71,7 +71,7 @@ from dracpu.kubelet import (
     RegistrationStatusBoard,
     serve_kubelet_plugin,
 )
-from dracpu.logs import LogFormat, RecentLines, configure_logging
+from dracpu.logs import LogFormat, RecentLines, configure_logging, fields
 from dracpu.memory_cdi import MemoryCdiDir
 from dracpu.ops.http import Endpoint, HealthPart, serve_endpoint
 from dracpu.ops.metrics import AllocationCounts, DriverMetrics
@@ -180,6 +180,7 @@ class Daemon:
         options = state.config.slice_options(expose_pcie_roots=self.config.expose_pcie_roots)
         if self.config.publish_node_allocatable_resource_mapping:
             options = dataclasses.replace(options, node_allocatable_mapping=True)
+        options = dataclasses.replace(options, hidden=node.unaccounted_held(state))
         return build_slice_specs(state.topology, options)
 
     def republish(self, state: node.NodeState) -> None:
@@ -199,14 +200,18 @@ class Daemon:
             pool=self.node_name,
             driver=self.publisher.driver,
             metrics=self.metrics,
-            metadata=MetadataWriter(
-                driver=self.publisher.driver,
-                plugin_data_dir=self.config.kubelet_root_dir / "plugins" / self.publisher.driver,
-                cdi_dir=self.config.cdi_dir,
-            )
-            if self.config.device_metadata
-            else None,
+            metadata=self.metadata_writer(),
             attributes_of=self.device_attributes,
+        )
+
+    def metadata_writer(self) -> MetadataWriter | None:
+        """Where KEP-5304 device metadata goes (None when ``deviceMetadata`` is off)."""
+        if not self.config.device_metadata:
+            return None
+        return MetadataWriter(
+            driver=self.publisher.driver,
+            plugin_data_dir=self.config.kubelet_root_dir / "plugins" / self.publisher.driver,
+            cdi_dir=self.config.cdi_dir,
         )
 
     def device_attributes(self, device: str) -> Mapping[str, Mapping[str, Any]]:
@@ -447,10 +452,26 @@ class Daemon:
                     len(gone),
                     ", ".join(str(r) for r in gone),
                 )
-                await self.owner.apply(node.Unprepare(tuple(gone)))
+                applied = await self.owner.apply(node.Unprepare(tuple(gone)))
+                self._remove_metadata(gone, applied.reply)
             self.released_at_start = tuple(r.uid for r in gone)
             self.recovery_done = True
         await trio.sleep_forever()
+
+    def _remove_metadata(self, released: list[ClaimRef], reply: object) -> None:
+        """Remove the device metadata of claims restart recovery released (the kubelet's
+        unprepare removes it otherwise). A failure is logged and leaves those files behind: the
+        claim is released either way (its CPUs must not stay held for files)."""
+        writer = self.metadata_writer()
+        if writer is None or not isinstance(reply, node.ReplyUnprepare):
+            return
+        for ref in released:
+            if isinstance(reply.results.get(ref.uid), node.ClaimFailed):
+                continue
+            try:
+                writer.remove(namespace=ref.namespace, name=ref.name, uid=ref.uid)
+            except MetadataError as exc:
+                _log.warning("restart recovery: %s", exc, extra=fields(claim=ref.uid))
 
     async def _gone(self, ref: ClaimRef) -> bool:
         if any((c.get("metadata") or {}).get("uid") == ref.uid for c in self.cache.claims()):

@@ -82,6 +82,8 @@ def status_document(daemon: Daemon) -> dict[str, Any]:
         },
         "group": {"restarts": daemon.restarts, "lastFailure": daemon.last_failure},
         "endpoint": list(daemon.endpoint_addresses),
+        # Who enforces right now: "nri", "cgroups" (the fallback) or "none".
+        "enforcement": daemon.enforcement.active if daemon.enforcement is not None else "none",
         "hotplug": {"state": daemon.hotplug, "topologyChanges": daemon.topology_changes},
         "timeline": {k: round(v, 4) for k, v in daemon.timeline.items()},
         "effects": {

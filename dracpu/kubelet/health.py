@@ -1,4 +1,9 @@
-"""Device health for the kubelet (``v1alpha1.DRAResourceHealth/NodeWatchResources``).
+"""Device health for the kubelet (``DRAResourceHealth/NodeWatchResources``, v1 and v1alpha1).
+
+Both versions carry the same messages. A 1.37+ kubelet picks, from the plugin's
+``supported_versions``, the first of ``v1.DRAResourceHealth`` and ``v1alpha1.DRAResourceHealth``
+it finds (v1 preferred; v1alpha1 stays accepted through 1.39); 1.34-1.36 kubelets only know
+v1alpha1. dracpu serves and announces both, from one :class:`HealthBoard`.
 
 The kubelet opens one long-lived server stream per plugin instance and expects every message to
 carry the *complete* list of the driver's devices. A device whose last report is older than its
@@ -14,16 +19,20 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
+from types import ModuleType
 
 import trio
 
 from dracpu.kubelet.aio_bridge import run_trio
-from generated import v1alpha1
+from generated import v1, v1alpha1
 
 _log = logging.getLogger(__name__)
 
-# The label the kubelet understands in PluginInfo.supported_versions.
-HEALTH_SERVICE_LABEL = "v1alpha1.DRAResourceHealth"
+# The labels the kubelet understands in PluginInfo.supported_versions ("<package>.<service>").
+HEALTH_V1_SERVICE_LABEL = "v1.DRAResourceHealth"
+HEALTH_V1ALPHA1_SERVICE_LABEL = "v1alpha1.DRAResourceHealth"
+HEALTH_SERVICE_LABELS = (HEALTH_V1_SERVICE_LABEL, HEALTH_V1ALPHA1_SERVICE_LABEL)
+"""Announced in this order, newest first (the kubelet's own preference order too)."""
 
 DEFAULT_HEALTH_PERIOD = 10.0
 
@@ -92,8 +101,52 @@ class HealthBoard:
         return self._generation, self._devices
 
 
-class ResourceHealthService(v1alpha1.DraResourceHealthBase):  # type: ignore[misc]
-    """Streams the full device health list to each watching kubelet connection."""
+class _HealthStream:
+    """The stream both service versions serve: the full list now, on change and every period.
+
+    ``api`` is the generated module of one version (``generated.v1`` or ``generated.v1alpha1``);
+    the two define the same messages, field for field.
+    """
+
+    def __init__(
+        self, board: HealthBoard, period: float, clock: Callable[[], float], api: ModuleType
+    ) -> None:
+        self._board = board
+        self._period = period
+        self._clock = clock
+        self._api = api
+
+    async def responses(self) -> AsyncIterator[object]:
+        """Yield a ``NodeWatchResourcesResponse`` now, then on every change and at least every
+        period.
+
+        Cancellation: the stream ends when the kubelet goes away or the server stops; nothing
+        to clean up.
+        """
+        api = self._api
+        generation = -1
+        _log.info("kubelet is watching device health (%s)", api.__name__.rsplit(".", 1)[-1])
+        while True:
+            generation, devices = await run_trio(self._board.next_update, generation, self._period)
+            now = int(self._clock())
+            yield api.NodeWatchResourcesResponse(
+                devices=[
+                    api.DeviceHealth(
+                        device=api.DeviceIdentifier(
+                            pool_name=d.pool_name, device_name=d.device_name
+                        ),
+                        health=api.HealthStatus(d.health.value),
+                        last_updated_time=now,
+                        health_check_timeout_seconds=d.timeout_seconds,
+                        message=d.message,
+                    )
+                    for d in devices
+                ]
+            )
+
+
+class ResourceHealthServiceV1(v1.DraResourceHealthBase):  # type: ignore[misc]
+    """``v1.DRAResourceHealth`` (1.37+ kubelets prefer it): the full device health list."""
 
     def __init__(
         self,
@@ -102,9 +155,32 @@ class ResourceHealthService(v1alpha1.DraResourceHealthBase):  # type: ignore[mis
         period: float = DEFAULT_HEALTH_PERIOD,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._board = board
-        self._period = period
-        self._clock = clock
+        self._stream = _HealthStream(board, period, clock, v1)
+
+    async def node_watch_resources(
+        self, message: v1.NodeWatchResourcesRequest
+    ) -> AsyncIterator[v1.NodeWatchResourcesResponse]:
+        """Yield the full list now, then on every change and at least every ``period`` seconds.
+
+        Cancellation: the stream ends when the kubelet goes away or the server stops; nothing
+        to clean up.
+        """
+        del message
+        async for response in self._stream.responses():
+            yield response
+
+
+class ResourceHealthServiceV1alpha1(v1alpha1.DraResourceHealthBase):  # type: ignore[misc]
+    """``v1alpha1.DRAResourceHealth`` (1.34-1.36 kubelets; 1.37-1.39 still accept it)."""
+
+    def __init__(
+        self,
+        board: HealthBoard,
+        *,
+        period: float = DEFAULT_HEALTH_PERIOD,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._stream = _HealthStream(board, period, clock, v1alpha1)
 
     async def node_watch_resources(
         self, message: v1alpha1.NodeWatchResourcesRequest
@@ -115,25 +191,5 @@ class ResourceHealthService(v1alpha1.DraResourceHealthBase):  # type: ignore[mis
         to clean up.
         """
         del message
-        generation = -1
-        _log.info("kubelet is watching device health")
-        while True:
-            generation, devices = await run_trio(self._board.next_update, generation, self._period)
-            yield self._response(devices)
-
-    def _response(self, devices: tuple[DeviceHealth, ...]) -> v1alpha1.NodeWatchResourcesResponse:
-        now = int(self._clock())
-        return v1alpha1.NodeWatchResourcesResponse(
-            devices=[
-                v1alpha1.DeviceHealth(
-                    device=v1alpha1.DeviceIdentifier(
-                        pool_name=d.pool_name, device_name=d.device_name
-                    ),
-                    health=v1alpha1.HealthStatus(d.health.value),
-                    last_updated_time=now,
-                    health_check_timeout_seconds=d.timeout_seconds,
-                    message=d.message,
-                )
-                for d in devices
-            ]
-        )
+        async for response in self._stream.responses():
+            yield response

@@ -2,7 +2,9 @@
 
 :func:`serve_kubelet_plugin` is the one entry point the daemon needs. It serves, on the DRA socket,
 ``v1.DRAPlugin``, ``v1beta1.DRAPlugin`` (both delegating to one
-:class:`~dracpu.kubelet.handler.ClaimHandler`) and ``v1alpha1.DRAResourceHealth``; only once that
+:class:`~dracpu.kubelet.handler.ClaimHandler`), ``v1.DRAResourceHealth`` and
+``v1alpha1.DRAResourceHealth`` (both streaming one :class:`~dracpu.kubelet.health.HealthBoard`);
+only once that
 socket is listening does it create the registration socket, because the kubelet may call the DRA
 service right after ``GetInfo``. On stop the registration socket goes first (the kubelet
 deregisters us) and the DRA socket last.
@@ -33,9 +35,10 @@ from dracpu.kubelet.dra_service import (
 from dracpu.kubelet.handler import ClaimHandler
 from dracpu.kubelet.health import (
     DEFAULT_HEALTH_PERIOD,
-    HEALTH_SERVICE_LABEL,
+    HEALTH_SERVICE_LABELS,
     HealthBoard,
-    ResourceHealthService,
+    ResourceHealthServiceV1,
+    ResourceHealthServiceV1alpha1,
 )
 from dracpu.kubelet.paths import DEFAULT_KUBELET_ROOT, PluginPaths
 from dracpu.kubelet.registration import RegistrationService, RegistrationStatusBoard
@@ -95,7 +98,7 @@ class KubeletPluginConfig:
             labels.append(V1_SERVICE_LABEL)
         if self.serve_v1beta1:
             labels.append(V1BETA1_SERVICE_LABEL)
-        labels.append(HEALTH_SERVICE_LABEL)
+        labels.extend(HEALTH_SERVICE_LABELS)
         return tuple(labels)
 
 
@@ -136,7 +139,8 @@ async def serve_kubelet_plugin(
         dra_services.append(DraPluginV1(dispatcher))
     if config.serve_v1beta1:
         dra_services.append(DraPluginV1beta1(dispatcher))
-    dra_services.append(ResourceHealthService(health, period=config.health_period))
+    dra_services.append(ResourceHealthServiceV1(health, period=config.health_period))
+    dra_services.append(ResourceHealthServiceV1alpha1(health, period=config.health_period))
     registration_service = RegistrationService(
         driver_name=config.driver_name,
         endpoint=str(paths.dra_socket),

@@ -13,8 +13,10 @@ Synchronize ends the failure streak.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import re
+import stat
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -29,14 +31,17 @@ from dracpu.errors import InvalidValueError, ProtocolError
 from dracpu.nri.connection import FRAME_TIMEOUT, WRITE_TIMEOUT, MuxConnection
 from dracpu.nri.errors import ConnectionClosedError, RpcStatusError
 from dracpu.nri.events import DEFAULT_EVENTS, SUBSCRIBABLE, events_of, mask_of, runtime_valid_mask
-from dracpu.nri.handler import LazyCreateHandler, NriHandler, RuntimeInfo
-from dracpu.nri.lazy import read_create_request
+from dracpu.nri.handler import LazyCreateHandler, NriHandler, RuntimeInfo, SyncCreateHandler
+from dracpu.nri.lazy import CreateRequestView, read_create_request
 from dracpu.nri.ttrpc import Code
 from dracpu.protowire import MalformedMessageError, parse_strict
 from generated.nri.pkg.api import v1alpha1 as api
 
 REDIAL_BACKOFF = Backoff(initial=0.2, maximum=30.0, jitter=0.5)
 """Redial schedule: ±50 % jitter spreads a fleet of plugins restarted with their runtime."""
+SOCKET_POLL = 0.25
+"""While waiting to redial, how often the socket path is looked at: a socket that appears (or
+is replaced, a restarted runtime) is dialled at once instead of after the rest of the delay."""
 
 log = logging.getLogger("dracpu.nri")
 
@@ -80,6 +85,14 @@ def _decode(kind: type[_M], payload: bytes, method: str) -> _M:
         raise RpcStatusError(Code.INVALID_ARGUMENT, f"undecodable {method} request: {exc}") from exc
 
 
+def _read_view(payload: bytes, method: str) -> CreateRequestView:
+    """The lazy, strict read of a CreateContainerRequest; INVALID_ARGUMENT when malformed."""
+    try:
+        return read_create_request(payload)
+    except MalformedMessageError as exc:
+        raise RpcStatusError(Code.INVALID_ARGUMENT, f"undecodable {method} request: {exc}") from exc
+
+
 def _checked(value: object, kind: type[_M], name: str, method: str) -> _M | None:
     """``value`` if it is a ``kind`` message or absent; betterproto2 decodes a field sent with
     the wrong wire type as a raw scalar, which must not reach a handler."""
@@ -116,6 +129,9 @@ class NriPlugin:
     ``dial`` opens the socket (default: the unix socket at ``socket_path``); tests pass an
     in-memory stream factory. ``backoff`` paces redials (``rng`` seeds its jitter in tests).
     ``frame_timeout``/``write_timeout`` bound a stalled runtime (see :class:`MuxConnection`).
+    A redial delay ends early when a new socket appears at ``socket_path`` (looked at every
+    ``socket_poll`` seconds), so a runtime that comes back, or turns NRI on, is found within
+    about ``socket_poll`` seconds however long the backoff has grown.
     """
 
     def __init__(
@@ -131,6 +147,7 @@ class NriPlugin:
         rng: random.Random | None = None,
         frame_timeout: float = FRAME_TIMEOUT,
         write_timeout: float = WRITE_TIMEOUT,
+        socket_poll: float = SOCKET_POLL,
     ) -> None:
         if not _NAME.match(name):
             raise InvalidValueError(
@@ -151,6 +168,9 @@ class NriPlugin:
             )
         self._handler = handler
         self._lazy = handler if isinstance(handler, LazyCreateHandler) else None
+        self._sync = (
+            handler if self._lazy is not None and isinstance(handler, SyncCreateHandler) else None
+        )
         self._name = name
         self._index = index
         self._socket_path = socket_path
@@ -164,6 +184,7 @@ class NriPlugin:
         )
         self._frame_timeout = frame_timeout
         self._write_timeout = write_timeout
+        self._socket_poll = socket_poll
         self._session: _Session | None = None
         self._sessions_synchronized = 0
         self.on_request: Callable[[str, float], None] | None = None
@@ -207,10 +228,11 @@ class NriPlugin:
         """
         started = False
         while True:
+            seen = self._socket_identity()
             try:
                 stream = await self._dial()
             except OSError as exc:
-                await trio.sleep(self._retry.failed(f"cannot connect: {exc}"))
+                await self._redial_sleep(self._retry.failed(f"cannot connect: {exc}"), seen)
                 continue
             reason = ""
             async with trio.open_nursery() as nursery:
@@ -220,6 +242,7 @@ class NriPlugin:
                     name=f"nri {self.name}",
                     frame_timeout=self._frame_timeout,
                     write_timeout=self._write_timeout,
+                    serve_now=self._serve_now if self._sync is not None else None,
                 )
                 session = _Session(conn)
                 self._session = session
@@ -236,7 +259,31 @@ class NriPlugin:
                 reason = await self._run_session(session)
                 nursery.cancel_scope.cancel()
             self._session = None
-            await trio.sleep(self._retry.failed(f"connection lost: {reason}"))
+            seen = self._socket_identity()
+            await self._redial_sleep(self._retry.failed(f"connection lost: {reason}"), seen)
+
+    def _socket_identity(self) -> tuple[int, int, int] | None:
+        """(device, inode, change time) of the socket at ``socket_path``; None if there is none."""
+        try:
+            st = os.stat(self._socket_path)
+        except OSError:
+            return None
+        if not stat.S_ISSOCK(st.st_mode):
+            return None
+        return (st.st_dev, st.st_ino, st.st_ctime_ns)
+
+    async def _redial_sleep(self, delay: float, seen: tuple[int, int, int] | None) -> None:
+        """Sleep ``delay`` seconds, or less once a socket other than ``seen`` is at the path.
+
+        Cancellation: propagates at once; nothing to undo.
+        """
+        with trio.move_on_after(delay):
+            while True:
+                await trio.sleep(self._socket_poll)
+                now = self._socket_identity()
+                if now is not None and now != seen:
+                    log.debug("NRI: a new socket at %s; dialling now", self._socket_path)
+                    return
 
     async def update_containers(
         self,
@@ -297,6 +344,22 @@ class NriPlugin:
             if self.on_request is not None:
                 self.on_request(method, time.perf_counter() - began)
 
+    def _serve_now(self, service: str, method: str, payload: bytes) -> bytes | None:
+        """CreateContainer answered in the read loop when the handler can decide it at once
+        (:class:`SyncCreateHandler`); None for every other request, or when it cannot."""
+        if service != PLUGIN_SERVICE or method != "CreateContainer" or self._session is None:
+            return None
+        assert self._sync is not None
+        began = time.perf_counter()
+        answered = True
+        try:
+            answer = self._sync.create_container_now(_read_view(payload, method))
+            answered = answer is not None
+            return answer
+        finally:
+            if answered and self.on_request is not None:
+                self.on_request(method, time.perf_counter() - began)
+
     async def _dispatch(self, service: str, method: str, payload: bytes) -> bytes:
         """Dispatch one Plugin-service request of the current session."""
         session = self._session
@@ -318,13 +381,7 @@ class NriPlugin:
                 return b""
             case "CreateContainer":
                 if self._lazy is not None:
-                    try:
-                        view = read_create_request(payload)
-                    except MalformedMessageError as exc:
-                        raise RpcStatusError(
-                            Code.INVALID_ARGUMENT, f"undecodable {method} request: {exc}"
-                        ) from exc
-                    return await self._lazy.create_container_view(view)
+                    return await self._lazy.create_container_view(_read_view(payload, method))
                 req = _decode(api.CreateContainerRequest, payload, method)
                 rsp = await h.create_container(
                     _pod(req.pod, method) or api.PodSandbox(),

@@ -4,8 +4,16 @@
 # socket under the state dir, runc from PATH with cgroupfs (no systemd here), the local pause
 # image pinned, and CNI from the rig's own bin/conf dirs (rig-up writes a bridge config), with the
 # pods' network namespaces mounted under containerd's state dir so rig-down's unmount finds them.
+# `--nri=off` prints the same config with NRI disabled (the cgroup-fallback e2e restarts
+# containerd with it, like a runtime without NRI).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
+nri_disable=false
+case "${1:---nri=on}" in
+    --nri=on) ;;
+    --nri=off) nri_disable=true ;;
+    *) rig_die "containerd-config.sh: unknown option '$1' (want --nri=on or --nri=off)" ;;
+esac
 cat <<EOF2
 version = 3
 root = '$RIG_CONTAINERD_ROOT'
@@ -49,7 +57,7 @@ state = '$RIG_CONTAINERD_STATE'
     stream_server_port = '0'
 
   [plugins.'io.containerd.nri.v1.nri']
-    disable = false
+    disable = $nri_disable
     disable_connections = false
     socket_path = '$RIG_NRI_SOCKET'
     plugin_path = '$RIG_STATE/nri/plugins'

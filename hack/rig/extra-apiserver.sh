@@ -15,7 +15,7 @@ name="extra-apiserver-$port"
 cd "$REPO"
 mapfile -t argv < <("$PY" -m tests.e2e.rig apiserver-argv "$port" "$prefix" "$gates")
 [ ${#argv[@]} -gt 0 ] || rig_die "$name: could not build its command line"
-setsid "${argv[@]}" >"$RIG_LOGS/$name.log" 2>&1 </dev/null &
+(close_inherited_fds; exec setsid "${argv[@]}" >"$RIG_LOGS/$name.log" 2>&1 </dev/null) &
 pid=$!
 echo "$pid" >"$RIG_RUN/$name.pid"
 for _ in $(seq 300); do

@@ -15,10 +15,11 @@ start() {
     alive && rig_die "kubelet: already running (pid $(cat "$pid_file"))"
     [ -s "$RIG_STATE/kubelet-config.yaml" ] || rig_die "kubelet: no config (run \`just rig-up\`)"
     local node_ip; node_ip=$(cat "$RIG_STATE/node-ip")
-    setsid "$RIG_BIN/kubelet" --config="$RIG_STATE/kubelet-config.yaml" \
+    # Not inheriting the caller's descriptors: the rig lock's would stay held by the kubelet.
+    (close_inherited_fds; exec setsid "$RIG_BIN/kubelet" --config="$RIG_STATE/kubelet-config.yaml" \
         --kubeconfig="$RIG_STATE/kubelet.kubeconfig" --root-dir="$RIG_KUBELET_ROOT" \
         --hostname-override="$RIG_NODE_NAME" --node-ip="$node_ip" --v=2 \
-        >>"$log" 2>&1 </dev/null &
+        >>"$log" 2>&1 </dev/null) &
     echo $! >"$pid_file"
     local deadline=$(( $(date +%s) + 30 ))
     until curl -fsS --max-time 1 "http://127.0.0.1:$RIG_KUBELET_HEALTHZ_PORT/healthz" \

@@ -42,3 +42,16 @@ RIG_HOST_PATHS="/var/log/containers /var/log/pods /var/lib/cni /run/netns"
 
 rig_log() { printf 'rig: %s\n' "$*" >&2; }
 rig_die() { printf 'rig: ERROR: %s\n' "$*" >&2; exit 1; }
+
+# close_inherited_fds: close every descriptor above 2 of this shell. Call it in the subshell
+# that execs a long-lived rig daemon: callers run rig scripts under
+# `flock /var/lock/dracpu-rig.lock`, whose lock descriptor the daemon would otherwise inherit and
+# hold (the lock then stays taken after the caller's command ends).
+close_inherited_fds() {
+    local fd
+    for fd in /proc/$BASHPID/fd/*; do
+        fd=${fd##*/}
+        [ "$fd" -gt 2 ] 2>/dev/null && eval "exec $fd>&-"
+    done
+    return 0
+}

@@ -10,6 +10,10 @@ for c in etcd kube-apiserver kube-scheduler kube-controller-manager containerd k
     elif [ -e "$f" ]; then s="DEAD (pid $(cat "$f"))"; else s="not started"; fi
     printf '  %-24s %s\n' "$c" "$s"
 done
+# Which config the running containerd has: containerd-restart.sh --nri=off switches it.
+nri_state="NRI on"
+cmd=$(tr '\0' ' ' <"/proc/$(cat "$RIG_RUN/containerd.pid" 2>/dev/null)/cmdline" 2>/dev/null || true)
+[[ "$cmd" == *containerd-nri-off.toml* ]] && nri_state="NRI OFF: containerd-nri-off.toml"
 cat <<EOF2
   versions                 kubernetes $KUBERNETES_VERSION, etcd $ETCD_VERSION, containerd $CONTAINERD_VERSION, runc $(runc --version 2>/dev/null | head -1 | awk '{print $3}')
   binaries                 $RIG_BIN
@@ -23,7 +27,7 @@ cat <<EOF2
   pod logs                 $RIG_POD_LOGS
   pod network              CNI bridge $RIG_CNI_BRIDGE, $RIG_POD_CIDR (pods reach each other only)
   CRI socket               $RIG_CRI_SOCKET
-  NRI socket               $RIG_NRI_SOCKET
+  NRI socket               $RIG_NRI_SOCKET ($nri_state)
   CDI spec dir             $RIG_CDI_DIR
   feature gates            $(cat "$RIG_STATE/feature-gates" 2>/dev/null)
 EOF2

@@ -76,7 +76,7 @@ elapsed() { awk -v a="$(date +%s.%N)" -v b="$t_start" 'BEGIN { printf "%.1f", a 
 start() {
     local name=$1; shift
     : >"$RIG_LOGS/$name.log"
-    setsid "$@" >>"$RIG_LOGS/$name.log" 2>&1 </dev/null &
+    (close_inherited_fds; exec setsid "$@" >>"$RIG_LOGS/$name.log" 2>&1 </dev/null) &
     echo $! >"$RIG_RUN/$name.pid"
 }
 fail() {

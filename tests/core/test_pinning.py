@@ -159,7 +159,8 @@ def test_one_claim_one_container() -> None:
 
 
 @pytest.mark.parametrize(
-    ("kind", "passes"), [(ContainerKind.INIT, True), (ContainerKind.SIDECAR, False)]
+    ("kind", "passes"),
+    [(ContainerKind.INIT, True), (ContainerKind.CONTAINER, True), (ContainerKind.SIDECAR, False)],
 )
 def test_init_container_claim_passes_on_sidecar_keeps_it(kind: ContainerKind, passes: bool) -> None:
     state = with_claim(machine(), "c1", "2-3")
@@ -167,8 +168,11 @@ def test_init_container_claim_passes_on_sidecar_keeps_it(kind: ContainerKind, pa
     _, reply = create(state, ctr("a1", ("c1", "2-3"), name="app"))
     assert isinstance(reply, RejectContainer)  # the owner still runs
     state, _ = step(state, ContainerRemoved("i1"))
-    _, reply = create(state, ctr("a1", ("c1", "2-3"), name="app"))
+    state, reply = create(state, ctr("a1", ("c1", "2-3"), name="app"))
     assert isinstance(reply, AdjustContainer) is passes
+    if passes:  # the first consumer, restarted while the new one runs, is refused
+        _, reply = create(state, ctr("i2", ("c1", "2-3"), name="init", kind=kind))
+        assert "is already used by container 'app'" in rejected(reply)
     # Never across pods.
     _, reply = create(state, ctr("b1", ("c1", "2-3"), pod=POD_B, name="app"))
     assert isinstance(reply, RejectContainer)
@@ -216,6 +220,33 @@ def test_synchronize_repins_drift_adopts_and_reasserts_pool() -> None:
     after2, effects = step(after, RuntimeSynchronized(again))
     assert effects == (ReplySynchronize(()),)
     assert after2.claims == after.claims
+
+
+def test_synchronize_by_another_enforcer_keeps_the_pin_of_the_same_consumer() -> None:
+    """NRI names a consumer by container name, the cgroup fallback by the claims its env names:
+    at a handover either way, the same running container keeps its claim; a container of
+    another pod naming the claim still goes to the pool."""
+    state = with_claim(machine(), "c1", "2-3")
+    pool = CpuSet.parse("0-1,4-7")
+    fallback_name = "claims:DRA_CPUSET_c1"
+    state, _ = step(
+        state,
+        RuntimeSynchronized((ctr("x1", ("c1", "2-3"), name=fallback_name, cpus=pool),)),
+    )
+    assert state.owners["c1"].container == fallback_name
+    for name in ("app", fallback_name, "app"):  # fallback -> NRI -> fallback -> NRI
+        running = (
+            ctr("x1", ("c1", "2-3"), name=name, cpus=CpuSet.parse("0-7")),
+            ctr("o1", ("c1", "2-3"), pod=POD_B, name=name, cpus=pool),
+        )
+        state, effects = step(state, RuntimeSynchronized(running))
+        reply = effects[-1]
+        assert isinstance(reply, ReplySynchronize)
+        assert ContainerUpdate("x1", CpuSet.parse("2-3")) in reply.updates
+        assert state.containers["x1"].claims == ("c1",)
+        assert state.containers["o1"].claims == ()
+        assert state.owners["c1"].container == name
+        assert state.owners["c1"].pod_uid == POD_A.uid
 
 
 def test_adopted_claim_gets_its_name_at_the_kubelets_retry() -> None:

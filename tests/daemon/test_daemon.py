@@ -283,6 +283,7 @@ async def test_restart_keeps_cpus_and_releases_deleted_claims(
     r.put_claim(claim("gone", [grouped("req", "cpudevnuma001", 4)]))
     response = await r.call(api, "prepare", "keep", "gone")
     keep = cpus_of(response, "keep", r)
+    assert _metadata(root) == ({"ns_claim-gone", "ns_claim-keep"}, {"gone", "keep"})
     await wait_for(lambda: r.daemon.publisher.in_sync.is_set(), 5)
     generation = r.daemon.publisher.health().generation
     writes_before = len(fake.writes())
@@ -298,12 +299,65 @@ async def test_restart_keeps_cpus_and_releases_deleted_claims(
     await wait_for(lambda: r2.daemon.recovery_done, 5)
     assert r2.daemon.released_at_start == ("gone",)
     assert set(r2.cdi().read_all()) == {"keep"}
+    # The released claim's KEP-5304 metadata (directory and mount spec) went with it.
+    assert _metadata(root) == ({"ns_claim-keep"}, {"keep"})
     await wait_for(lambda: r2.daemon.publisher.in_sync.is_set(), 5)
     # Slices did not churn: same generation, no slice writes.
     assert r2.daemon.publisher.health().generation == generation
     slice_writes = [w for w in fake.writes()[writes_before:] if "resourceslices" in w[1]]
     assert slice_writes == []
     r2.scope.cancel()
+
+
+def _metadata(root: Path) -> tuple[set[str], set[str]]:
+    """The claim metadata directories and the claim UIDs of the metadata CDI specs on disk."""
+    meta = root / "kubelet" / "plugins" / "dra.cpu" / "dra-device-metadata"
+    dirs = {d.name for d in meta.iterdir()} if meta.is_dir() else set()
+    specs = {f.name.split("_")[2] for f in (root / "cdi").glob("dra.cpu_metadata_*.json")}
+    return dirs, specs
+
+
+async def test_claim_adopted_from_cdi_and_gone_loses_its_metadata(
+    nursery: trio.Nursery, env: tuple[Path, FakeApiServer], api: GrpcioApi
+) -> None:
+    """No checkpoint: the claim is known by its UID only (from its CDI spec); recovery finds
+    its metadata directory through the metadata CDI spec's mount and removes both."""
+    root, fake = env
+    r = await start(nursery, root, fake)
+    r.put_claim(claim("u1", [grouped("req", "cpudevnuma000", 2)]))
+    r.put_claim(claim("u2", [grouped("req", "cpudevnuma001", 2)]))
+    await r.call(api, "prepare", "u1", "u2")
+    r.scope.cancel()
+    await trio.sleep(0.05)
+    (root / "state" / "checkpoint.json").unlink()
+    fake.remove_object("resourceclaims", "ns/claim-u1")
+    r2 = await start(nursery, root, fake, release_grace_period=0.1)
+    assert r2.daemon.owner.state.claims["u1"].ref.name == ""
+    await wait_for(lambda: r2.daemon.recovery_done, 5)
+    assert r2.daemon.released_at_start == ("u1",)
+    assert _metadata(root) == ({"ns_claim-u2"}, {"u2"})
+    r2.scope.cancel()
+
+
+def test_metadata_of_a_newer_claim_of_the_same_name_stays(tmp_path: Path) -> None:
+    from dracpu.core.device_metadata import MetadataDevice
+    from dracpu.daemon.metadata import MetadataWriter
+
+    writer = MetadataWriter(
+        driver="dra.cpu", plugin_data_dir=tmp_path / "plugin", cdi_dir=tmp_path / "cdi"
+    )
+    devices = [MetadataDevice("req", "node", "cpudevnuma000", {}, 2)]
+    writer.write(namespace="ns", name="c", uid="old", pod_claim_name=None, devices=devices)
+    writer.remove(namespace="ns", name="c", uid="old")
+    writer.write(namespace="ns", name="c", uid="new", pod_claim_name=None, devices=devices)
+    writer.remove(namespace="ns", name="c", uid="old")  # a late release of the old claim
+    assert (
+        tmp_path / "plugin" / "dra-device-metadata" / "ns_c" / "req" / "metadata.json"
+    ).is_file()
+    assert [f.name for f in (tmp_path / "cdi").iterdir()] == ["dra.cpu_metadata_new_req.json"]
+    writer.remove(namespace="ns", name="c", uid="new")
+    assert list((tmp_path / "plugin" / "dra-device-metadata").iterdir()) == []
+    assert list((tmp_path / "cdi").iterdir()) == []
 
 
 async def test_corrupt_checkpoint_rebuilds_from_cdi(

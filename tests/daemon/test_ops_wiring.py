@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import tarfile
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -92,6 +91,7 @@ async def test_endpoint_health_metrics_status(
     status = (await get(r, "/status")).json()
     assert [c["uid"] for c in status["claims"]] == ["u1"]
     assert status["hotplug"]["topologyChanges"] == 0
+    assert status["enforcement"] == "none"
     assert status["endpoint"] == r.daemon.endpoint_addresses
     # /logs serves the daemon's RecentLines ring (`dracpu run` installs it on the root logger).
     recent = RecentLines()
@@ -164,11 +164,9 @@ async def test_hotplug_from_real_uevents(
     generation = pool_generation(fake)
     # CPU 5 goes offline in the overlay; the kernel's uevent makes the daemon re-read it.
     set_online(root, "0-4,6-15", cpu=5, online=False)
-    began = time.perf_counter()
+    # (How fast: `just bench-hotplug`; this checks only that it happens.)
     await trio.to_thread.run_sync(kernel_uevent)
     await wait_for(lambda: slice_cpus(fake, "cpudevnuma001") == 7, 5)
-    took = time.perf_counter() - began
-    assert took <= 1.0, f"uevent -> republished slices took {took:.3f} s"
     assert pool_generation(fake) > generation
     # An offline CPU is never handed out.
     r.put_claim(claim("u1", [grouped("req", "cpudevnuma001", 7)]))

@@ -196,7 +196,9 @@ class Rig:
 
     @property
     def containerd_restart_script(self) -> Path:
-        """``hack/rig/containerd-restart.sh`` (returns once CRI and the NRI socket are back)."""
+        """``hack/rig/containerd-restart.sh`` (returns once CRI and the NRI socket are back);
+        ``--nri=off`` restarts it with NRI disabled, ``--nri=on`` puts the normal config back
+        (:class:`tests.e2e.enforcement.Containerd`)."""
         return HACK_DIR / "containerd-restart.sh"
 
     def binary(self, name: str) -> Path:

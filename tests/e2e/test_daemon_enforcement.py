@@ -12,22 +12,31 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any
 
 import httpx
 import pytest
 
-from tests.e2e.dra_driver import DracpuDaemon
+from tests.e2e.enforcement import (
+    CLAIMED,
+    NS,
+    SYNCED,
+    WATCH_SELF,
+    DaemonFactory,
+    claim_cpus,
+    claim_pod,
+    new_tag,
+    other,
+    seen_inside,
+    shared_pod,
+    start_daemon,
+    template,
+)
 from tests.e2e.kube import (
-    RESOURCE,
     Created,
     busybox_container,
     container_process,
     event_messages,
     get,
-    node_slices,
-    pod_body,
     pod_log,
     wait_for,
     wait_running,
@@ -35,78 +44,6 @@ from tests.e2e.kube import (
 from tests.e2e.rig import Rig
 
 pytestmark = pytest.mark.e2e
-
-NS = "default"
-ONE_CPU = {"cpu": "1", "memory": "64Mi"}
-DaemonFactory = Callable[..., DracpuDaemon]
-# Prints its own affinity every 0.3 s (the grep child inherits the shell's, which NRI moves).
-WATCH_SELF = "while true; do grep Cpus_allowed_list /proc/self/status; sleep 0.3; done"
-
-
-def _tag() -> str:
-    return uuid.uuid4().hex[:6]
-
-
-def _daemon(factory: DaemonFactory, kube: httpx.Client, rig: Rig, **opts: Any) -> DracpuDaemon:
-    drv = factory(cpu_device_mode="grouped", group_by="numanode", **opts)
-    wait_for("published slice", lambda: node_slices(kube, rig), 20)
-    return drv
-
-
-def _template(created: Created, name: str, cpus: int = 1) -> None:
-    request = {
-        "name": "cpus",
-        "exactly": {
-            "deviceClassName": "dra.cpu",
-            "capacity": {"requests": {"dra.cpu/cpu": str(cpus)}},
-        },
-    }
-    created.post(
-        f"{RESOURCE}/namespaces/{NS}/resourceclaimtemplates",
-        {"metadata": {"name": name}, "spec": {"spec": {"devices": {"requests": [request]}}}},
-    )
-
-
-def _claim_pod(rig: Rig, name: str, template: str, containers: int = 1) -> dict[str, Any]:
-    """Option B: each container asks for 1 CPU and uses claim ``cpus``."""
-    return pod_body(
-        name,
-        [
-            busybox_container(
-                rig,
-                f"c{i}",
-                "sleep 3600",
-                resources={"requests": ONE_CPU, "limits": ONE_CPU, "claims": [{"name": "cpus"}]},
-            )
-            for i in range(containers)
-        ],
-        resourceClaims=[{"name": "cpus", "resourceClaimTemplateName": template}],
-    )
-
-
-def _shared_pod(rig: Rig, name: str, **extra: Any) -> dict[str, Any]:
-    return pod_body(name, [busybox_container(rig, "main", WATCH_SELF, **extra)])
-
-
-def _seen_inside(kube: httpx.Client, name: str) -> str:
-    """The last ``Cpus_allowed_list`` the shared container printed about itself."""
-    lines = [ln for ln in pod_log(kube, NS, name, "main").splitlines() if ln.strip()]
-    return lines[-1].split(":", 1)[1].strip() if lines else ""
-
-
-def _claim_cpus(kube: httpx.Client, pod: dict[str, Any]) -> tuple[str, str]:
-    (st,) = pod["status"]["resourceClaimStatuses"]
-    claim = get(kube, f"{RESOURCE}/namespaces/{NS}/resourceclaims/{st['resourceClaimName']}")
-    uid: str = claim["metadata"]["uid"]
-    path = f"{RESOURCE}/namespaces/{NS}/resourceclaims/{st['resourceClaimName']}"
-
-    def data() -> str:
-        for dev in get(kube, path).get("status", {}).get("devices", []):
-            if dev.get("data"):
-                return str(dev["data"]["claimCpuset"])
-        return ""
-
-    return uid, wait_for("claim status.devices data", data, 20)
 
 
 def test_exclusive_pin_and_the_shared_pool_shrinking_and_widening(
@@ -116,28 +53,28 @@ def test_exclusive_pin_and_the_shared_pool_shrinking_and_widening(
     created: Created,
     dracpu_class: str,
 ) -> None:
-    _daemon(dracpu_daemon_factory, kube, rig)
-    tag = _tag()
+    start_daemon(dracpu_daemon_factory, kube, rig)
+    tag = new_tag()
     shared = f"e2e-shared-{tag}"
-    created.pod(_shared_pod(rig, shared))
+    created.pod(shared_pod(rig, shared))
     sp = wait_running(kube, NS, shared)
-    wait_for("shared container sees 0-1", lambda: _seen_inside(kube, shared) == "0-1", 20)
+    wait_for("shared container sees 0-1", lambda: seen_inside(kube, shared) == "0-1", 20)
     assert container_process(rig, sp, "main").cpus_allowed_list == "0-1"
 
-    _template(created, f"e2e-{tag}")
+    template(created, f"e2e-{tag}")
     excl = f"e2e-excl-{tag}"
-    created.pod(_claim_pod(rig, excl, f"e2e-{tag}"))
+    created.pod(claim_pod(rig, excl, f"e2e-{tag}"))
     ep = wait_running(kube, NS, excl, timeout=90)
-    uid, cpus = _claim_cpus(kube, ep)
+    uid, cpus = claim_cpus(kube, ep)
     proc = container_process(rig, ep, "c0")
     assert proc.environ[f"DRA_CPUSET_{uid}"] == cpus
     assert proc.cpus_allowed_list == cpus
-    rest = {"0": "1", "1": "0"}[cpus]
-    wait_for(f"shared pool shrinks to {rest}", lambda: _seen_inside(kube, shared) == rest, 20)
+    rest = other(cpus)
+    wait_for(f"shared pool shrinks to {rest}", lambda: seen_inside(kube, shared) == rest, 20)
     assert container_process(rig, sp, "main").cpus_allowed_list == rest
 
     created.delete_pod(excl)
-    wait_for("shared pool widens to 0-1", lambda: _seen_inside(kube, shared) == "0-1", 30)
+    wait_for("shared pool widens to 0-1", lambda: seen_inside(kube, shared) == "0-1", 30)
     assert container_process(rig, sp, "main").cpus_allowed_list == "0-1"
 
 
@@ -148,10 +85,10 @@ def test_forged_cpuset_env_is_rejected(
     created: Created,
     dracpu_class: str,
 ) -> None:
-    _daemon(dracpu_daemon_factory, kube, rig)
+    start_daemon(dracpu_daemon_factory, kube, rig)
     forged = str(uuid.uuid4())
-    name = f"e2e-forged-{_tag()}"
-    created.pod(_shared_pod(rig, name, env=[{"name": f"DRA_CPUSET_{forged}", "value": "0"}]))
+    name = f"e2e-forged-{new_tag()}"
+    created.pod(shared_pod(rig, name, env=[{"name": f"DRA_CPUSET_{forged}", "value": "0"}]))
     want = f"names claim {forged}, which is not prepared on this node"
     messages = wait_for(
         "CreateContainer refused",
@@ -170,11 +107,11 @@ def test_claim_used_by_a_second_container_is_rejected(
     created: Created,
     dracpu_class: str,
 ) -> None:
-    _daemon(dracpu_daemon_factory, kube, rig)
-    tag = _tag()
-    _template(created, f"e2e-{tag}")
+    start_daemon(dracpu_daemon_factory, kube, rig)
+    tag = new_tag()
+    template(created, f"e2e-{tag}")
     name = f"e2e-two-{tag}"
-    created.pod(_claim_pod(rig, name, f"e2e-{tag}", containers=2))
+    created.pod(claim_pod(rig, name, f"e2e-{tag}", containers=2))
     want = "a claim has one consumer"
     messages = wait_for(
         "second container refused",
@@ -196,17 +133,17 @@ def test_daemon_killed_and_restarted_moves_nothing(
     created: Created,
     dracpu_class: str,
 ) -> None:
-    first = _daemon(dracpu_daemon_factory, kube, rig)
-    tag = _tag()
-    _template(created, f"e2e-{tag}")
+    first = start_daemon(dracpu_daemon_factory, kube, rig)
+    tag = new_tag()
+    template(created, f"e2e-{tag}")
     excl, shared = f"e2e-excl-{tag}", f"e2e-shared-{tag}"
-    created.pod(_claim_pod(rig, excl, f"e2e-{tag}"))
-    created.pod(_shared_pod(rig, shared))
+    created.pod(claim_pod(rig, excl, f"e2e-{tag}"))
+    created.pod(shared_pod(rig, shared))
     ep = wait_running(kube, NS, excl, timeout=90)
     sp = wait_running(kube, NS, shared)
-    uid, cpus = _claim_cpus(kube, ep)
-    rest = {"0": "1", "1": "0"}[cpus]
-    wait_for("shared pool settled", lambda: _seen_inside(kube, shared) == rest, 20)
+    uid, cpus = claim_cpus(kube, ep)
+    rest = other(cpus)
+    wait_for("shared pool settled", lambda: seen_inside(kube, shared) == rest, 20)
     held = first.status()["claims"]
 
     first.stop(signal.SIGKILL)
@@ -220,9 +157,9 @@ def test_daemon_killed_and_restarted_moves_nothing(
         assert container_process(rig, ep, "c0").cpus_allowed_list == cpus
         assert container_process(rig, sp, "main").cpus_allowed_list == rest
         time.sleep(0.3)
-    assert _seen_inside(kube, shared) == rest
+    assert seen_inside(kube, shared) == rest
     log = second.log.read_text()
-    assert "NRI: plugin 90-dra.cpu registered and synchronized" in log, log[-2000:]
+    assert SYNCED in log, log[-2000:]
     pod = get(kube, f"/api/v1/namespaces/{NS}/pods/{excl}")
     assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
 
@@ -234,37 +171,77 @@ def test_containerd_restart_keeps_the_pins_and_nri_comes_back(
     created: Created,
     dracpu_class: str,
 ) -> None:
-    drv = _daemon(dracpu_daemon_factory, kube, rig)
-    tag = _tag()
-    _template(created, f"e2e-{tag}")
+    drv = start_daemon(dracpu_daemon_factory, kube, rig)
+    tag = new_tag()
+    template(created, f"e2e-{tag}")
     excl, shared = f"e2e-excl-{tag}", f"e2e-shared-{tag}"
-    created.pod(_claim_pod(rig, excl, f"e2e-{tag}"))
-    created.pod(_shared_pod(rig, shared))
+    created.pod(claim_pod(rig, excl, f"e2e-{tag}"))
+    created.pod(shared_pod(rig, shared))
     ep = wait_running(kube, NS, excl, timeout=90)
     sp = wait_running(kube, NS, shared)
-    _, cpus = _claim_cpus(kube, ep)
-    rest = {"0": "1", "1": "0"}[cpus]
-    wait_for("shared pool settled", lambda: _seen_inside(kube, shared) == rest, 20)
-    synced = "NRI: plugin 90-dra.cpu registered and synchronized"
-    before = drv.log.read_text().count(synced)
+    _, cpus = claim_cpus(kube, ep)
+    rest = other(cpus)
+    wait_for("shared pool settled", lambda: seen_inside(kube, shared) == rest, 20)
+    before = drv.log.read_text().count(SYNCED)
 
     subprocess.run([str(rig.containerd_restart_script)], check=True, timeout=90)
     # dracpu reconnects to the new containerd's NRI socket (its backoff) and synchronizes.
     wait_for(
-        "dracpu re-registered with NRI", lambda: drv.log.read_text().count(synced) > before, 60
+        "dracpu re-registered with NRI", lambda: drv.log.read_text().count(SYNCED) > before, 60
     )
     assert container_process(rig, ep, "c0").cpus_allowed_list == cpus
     assert container_process(rig, sp, "main").cpus_allowed_list == rest
     # The pod log read through the apiserver can return a partial line while containerd's log
     # stream reopens after the restart; wait for the container's next report.
-    wait_for(
-        "shared pool seen inside after restart", lambda: _seen_inside(kube, shared) == rest, 20
-    )
+    wait_for("shared pool seen inside after restart", lambda: seen_inside(kube, shared) == rest, 20)
     # A container created after the restart is placed by dracpu again: the shared pool.
     late = f"e2e-late-{tag}"
-    created.pod(_shared_pod(rig, late))
+    created.pod(shared_pod(rig, late))
     lp = wait_running(kube, NS, late, timeout=60)
     assert container_process(rig, lp, "main").cpus_allowed_list == rest
     for name in (excl, shared):
         pod = get(kube, f"/api/v1/namespaces/{NS}/pods/{name}")
         assert pod["status"]["containerStatuses"][0]["restartCount"] == 0, pod["status"]
+
+
+def test_init_container_claim_passes_to_the_app_and_the_others_share(
+    rig: Rig,
+    kube: httpx.Client,
+    dracpu_daemon_factory: DaemonFactory,
+    created: Created,
+    dracpu_class: str,
+) -> None:
+    """Kinds of container in one pod with a claim, as the kubelet's CPU Manager treats them: the
+    init container and then the app container that names the same claim get its CPUs (the
+    claim passes on once the init container has stopped: NRI's StopContainer at its exit); a
+    sidecar (restartable init container) and an app container without the claim run on the
+    shared pool."""
+    start_daemon(dracpu_daemon_factory, kube, rig)
+    tag = new_tag()
+    template(created, f"e2e-{tag}")
+    name = f"e2e-kinds-{tag}"
+    report = "grep Cpus_allowed_list /proc/self/status"
+    body = claim_pod(rig, name, f"e2e-{tag}")
+    body["spec"]["initContainers"] = [
+        busybox_container(rig, "init", report, resources=CLAIMED),
+        busybox_container(rig, "side", WATCH_SELF, restartPolicy="Always"),
+    ]
+    body["spec"]["containers"] = [
+        busybox_container(rig, "app", "sleep 3600", resources=CLAIMED),
+        busybox_container(rig, "plain", WATCH_SELF),
+    ]
+    created.pod(body)
+    pod = wait_running(kube, NS, name, timeout=90)
+    uid, cpus = claim_cpus(kube, pod)
+    rest = other(cpus)
+    init_log = pod_log(kube, NS, name, "init")
+    assert init_log.split(":", 1)[1].strip() == cpus, init_log
+    app = container_process(rig, pod, "app")
+    assert app.environ[f"DRA_CPUSET_{uid}"] == cpus
+    assert app.cpus_allowed_list == cpus
+    for shared in ("side", "plain"):
+        assert container_process(rig, pod, shared).cpus_allowed_list == rest, shared
+    wait_for(f"side sees {rest}", lambda: seen_inside(kube, name, "side") == rest, 20)
+    wait_for(f"plain sees {rest}", lambda: seen_inside(kube, name, "plain") == rest, 20)
+    statuses = pod["status"]["containerStatuses"] + pod["status"]["initContainerStatuses"]
+    assert all(s["restartCount"] == 0 for s in statuses), statuses

@@ -67,6 +67,17 @@ def health_api() -> GrpcioApi:
 
 
 @pytest.fixture(scope="session")
+def health_v1_api() -> GrpcioApi:
+    return _api("dra-health/v1/api.proto")
+
+
+@pytest.fixture(scope="session", params=["v1", "v1alpha1"])
+def health_apis(request: pytest.FixtureRequest) -> GrpcioApi:
+    """Each DRAResourceHealth version dracpu serves (the kubelet picks one; v1 from 1.37)."""
+    return _api(f"dra-health/{request.param}/api.proto")
+
+
+@pytest.fixture(scope="session")
 def registration_api() -> GrpcioApi:
     return _api("pluginregistration/v1/api.proto")
 

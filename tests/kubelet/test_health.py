@@ -1,4 +1,4 @@
-"""DRAResourceHealth NodeWatchResources: grpcio streams the full device list."""
+"""DRAResourceHealth NodeWatchResources (v1 and v1alpha1): grpcio streams the full device list."""
 
 from __future__ import annotations
 
@@ -60,8 +60,9 @@ class _Watcher:
 
 
 async def test_stream_sends_full_list_now_on_change_and_periodically(
-    plugin: PluginUnderTest, health_api: GrpcioApi
+    plugin: PluginUnderTest, health_apis: GrpcioApi
 ) -> None:
+    health_api = health_apis
     watcher = _Watcher(plugin, health_api)
     try:
         _, first = await watcher.next()
@@ -96,3 +97,21 @@ async def test_stream_sends_full_list_now_on_change_and_periodically(
 async def test_publishing_the_same_list_wakes_nobody(plugin: PluginUnderTest) -> None:
     assert not plugin.health.publish(list(plugin.health.devices))
     assert plugin.health.publish([DeviceHealth("pool", "cpu-0")])
+
+
+async def test_both_versions_stream_the_same_board_at_once(
+    plugin: PluginUnderTest, health_api: GrpcioApi, health_v1_api: GrpcioApi
+) -> None:
+    """A kubelet upgraded to 1.37 moves from v1alpha1 to v1; both streams see every change."""
+    v1_api = health_v1_api
+    old, new = _Watcher(plugin, health_api), _Watcher(plugin, v1_api)
+    try:
+        await old.next()
+        await new.next()
+        plugin.health.publish([DeviceHealth("pool", "cpu-0", Health.UNHEALTHY, message="gone")])
+        for watcher, api in ((old, health_api), (new, v1_api)):
+            _, devices = await watcher.next()
+            assert [d[:4] for d in devices] == [("pool", "cpu-0", api.pb2.UNHEALTHY, "gone")]
+    finally:
+        await trio.to_thread.run_sync(old.close)
+        await trio.to_thread.run_sync(new.close)

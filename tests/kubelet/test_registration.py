@@ -31,6 +31,7 @@ async def test_get_info_announces_dra_plugin(
     assert list(info.supported_versions) == [
         "v1.DRAPlugin",
         "v1beta1.DRAPlugin",
+        "v1.DRAResourceHealth",
         "v1alpha1.DRAResourceHealth",
     ]
     assert plugin.running.paths.registration_socket == (

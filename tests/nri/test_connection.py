@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import pathlib
 import random
 
 import pytest
@@ -327,6 +328,31 @@ async def test_redial_uses_bounded_jittered_backoff(autojump_clock: trio.testing
     assert all(0.05 <= g <= 1.0 + 1e-9 for g in gaps)
     assert gaps[0] <= 0.15 + 1e-9
     assert max(gaps) > 0.5
+
+
+async def test_a_socket_appearing_cuts_the_redial_delay_short(tmp_path: pathlib.Path) -> None:
+    """A runtime that comes back (or turns NRI on) is dialled within ``socket_poll``, not after
+    the rest of a long backoff delay; a real unix socket, real clock."""
+    path = tmp_path / "nri.sock"
+    plugin = NriPlugin(
+        RecordingHandler(),
+        socket_path=str(path),
+        backoff=Backoff(initial=60.0, maximum=60.0, jitter=0.0),
+        socket_poll=0.05,
+    )
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(plugin.run)
+            await trio.sleep(0.3)  # the first dial has failed: the next is 60 s away
+            sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+            await sock.bind(str(path))
+            sock.listen(1)
+            listening = trio.current_time()
+            conn, _ = await sock.accept()
+            assert trio.current_time() - listening < 1.0
+            conn.close()
+            sock.close()
+            nursery.cancel_scope.cancel()
 
 
 def test_plugin_identity_is_validated() -> None:
