@@ -217,6 +217,8 @@ def test_explicit_api_endpoint_sets_the_in_cluster_env(chart: Chart) -> None:
     assert env["KUBERNETES_SERVICE_HOST"]["value"] == "127.0.0.1"
     assert env["KUBERNETES_SERVICE_PORT"]["value"] == "16443"
     assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    # The kubelet's rolling-update socket names (docs/run.md): each pod's own sockets.
+    assert env["POD_UID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.uid"}}
     assert "apiServer.port is required" in chart.render_error("apiServer.host=127.0.0.1")
 
 
