@@ -270,6 +270,41 @@ def test_deployed_service_account_cannot_read_secrets_or_write_other_nodes_slice
         assert f"on node {rig.node_name} may write only that node's ResourceSlices" in message(r)
 
 
+def test_memory_driver_value_registers_dra_memory_and_installs_its_classes(
+    deployed: httpx.Client, rig: Rig
+) -> None:
+    """``helm upgrade --set memoryDriver.enabled=true``: the new pod registers ``dra.memory``
+    with the kubelet too (its own rolling-update socket), publishes the node's memory devices
+    as ``dra.memory`` slices, and the chart's memory DeviceClasses exist."""
+    old = wait_for("a Ready driver pod", lambda: ready_driver_pod(deployed), 120)
+    deploy(rig, "deploy", "--set", "memoryDriver.enabled=true")
+    new = wait_for(
+        "the driver pod with the memory driver Ready",
+        lambda: ready_driver_pod(deployed, other_than=old["metadata"]["uid"]),
+        120,
+    )
+    assert "--memory-driver=true" in new["spec"]["containers"][0]["args"]
+    uid = new["metadata"]["uid"]
+    wait_for(
+        "the dra.memory registration socket",
+        lambda: (rig.plugins_registry / f"dra.memory-{uid}-reg.sock").exists(),
+        30,
+    )
+
+    def memory_devices() -> list[str]:
+        r = deployed.get(
+            "/apis/resource.k8s.io/v1/resourceslices",
+            params={"fieldSelector": f"spec.nodeName={rig.node_name},spec.driver=dra.memory"},
+        )
+        assert r.status_code == 200, r.text
+        return sorted(d["name"] for s in r.json()["items"] for d in s["spec"]["devices"])
+
+    assert "memory-numa000" in wait_for("dra.memory slices", memory_devices, 60)
+    for name in ("dra.memory", "dra.hugepages-2m", "dra.hugepages-1g"):
+        r = deployed.get(f"/apis/resource.k8s.io/v1/deviceclasses/{name}")
+        assert r.status_code == 200, f"DeviceClass {name}: {r.status_code}"
+
+
 def test_chart_passes_helm_lint_against_the_rig_version(rig: Rig) -> None:
     chart = Chart(helm=build_helm())
     version = rig.versions["KUBERNETES_VERSION"].lstrip("v")
