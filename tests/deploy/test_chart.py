@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -11,6 +12,8 @@ import pytest
 import yaml
 
 from dracpu.cli import build_parser
+from dracpu.core.memory_slices import device_classes
+from dracpu.sysfs_memory import read_memory
 from tests.deploy.chart import CHART_DIR, MANIFESTS, REPO_ROOT, Chart, find
 
 
@@ -214,6 +217,8 @@ def test_explicit_api_endpoint_sets_the_in_cluster_env(chart: Chart) -> None:
     assert env["KUBERNETES_SERVICE_HOST"]["value"] == "127.0.0.1"
     assert env["KUBERNETES_SERVICE_PORT"]["value"] == "16443"
     assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    # The kubelet's rolling-update socket names (docs/run.md): each pod's own sockets.
+    assert env["POD_UID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.uid"}}
     assert "apiServer.port is required" in chart.render_error("apiServer.host=127.0.0.1")
 
 
@@ -252,3 +257,91 @@ def test_rendered_args_parse_with_dracpu_run(chart: Chart) -> None:
     args = container(chart.render("args.sysfsRoot=/sys"))["args"]
     args = [a.replace("$(NODE_NAME)", "node-1") for a in args]
     parser.parse_args(["run", *args])
+
+
+def run_config(objects: list[dict[str, Any]]) -> Any:
+    """The RunConfig `dracpu run` resolves from the rendered flags (no config file)."""
+    from dracpu.daemon.config import FIELDS, resolve
+
+    args = [a.replace("$(NODE_NAME)", "node-1") for a in container(objects)["args"]]
+    ns = build_parser().parse_args(["run", *args])
+    flags = {s.attr: getattr(ns, s.attr) for s in FIELDS if hasattr(ns, s.attr)}
+    return resolve(flags, None)
+
+
+def status_rule(objects: list[dict[str, Any]]) -> list[str]:
+    rules = find(objects, "ClusterRole", "dracpu")["rules"]
+    (rule,) = [r for r in rules if r["resources"] == ["resourceclaims/driver"]]
+    names: list[str] = rule["resourceNames"]
+    return names
+
+
+def memory_classes(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == "DeviceClass" and o["metadata"]["name"] != "dra.cpu"]
+
+
+def test_memory_driver_is_off_by_default(chart: Chart) -> None:
+    objects = chart.render()
+    assert not {"memory-driver", "bind-memory-to-cpus"} & flags(objects).keys()
+    assert memory_classes(objects) == []
+    assert status_rule(objects) == ["dra.cpu"]
+    config = run_config(objects)
+    assert (config.memory_driver, config.bind_memory_to_cpus) == (False, False)
+
+
+def test_memory_driver_value_passes_the_flag_and_installs_the_memory_classes(
+    chart: Chart, shared_dir: Path
+) -> None:
+    """memoryDriver.enabled: --memory-driver, the dra.memory claim-status rule, and the three
+    DeviceClasses equal (selectors and all) to the ones dracpu derives from an x86_64 node
+    with 2 MiB and 1 GiB hugepages (`dracpu inspect memory`)."""
+    objects = chart.render("memoryDriver.enabled=true")
+    assert flags(objects)["memory-driver"] == "true"
+    assert "bind-memory-to-cpus" not in flags(objects)
+    assert status_rule(objects) == ["dra.cpu", "dra.memory"]
+    assert run_config(objects).memory_driver is True
+    topology = read_memory(shared_dir / "fixtures/sysfs/2-socket-4-node-40-core/sys")
+    expected = device_classes(topology)
+    assert [c["metadata"]["name"] for c in expected] == [
+        "dra.memory",
+        "dra.hugepages-2m",
+        "dra.hugepages-1g",
+    ]
+    rendered = memory_classes(objects)
+    assert all(c["metadata"]["labels"]["app"] == "dracpu" for c in rendered)
+    for c in rendered:
+        c["metadata"] = {"name": c["metadata"]["name"]}
+    assert rendered == expected
+    # The memory driver's slices and claims need nothing else: the slice and claim rules are
+    # per resource, not per driver, and the slice-node policy matches the ServiceAccount.
+    assert (
+        find(chart.render(), "ClusterRole", "dracpu")["rules"][:3]
+        == find(objects, "ClusterRole", "dracpu")["rules"][:3]
+    )
+
+
+def test_bind_memory_to_cpus_value_passes_the_flag(chart: Chart) -> None:
+    objects = chart.render("args.bindMemoryToCPUs=true")
+    assert flags(objects)["bind-memory-to-cpus"] == "true"
+    assert "memory-driver" not in flags(objects)
+    assert run_config(objects).bind_memory_to_cpus is True
+
+
+def test_memory_device_classes_can_be_replaced(chart: Chart) -> None:
+    """Other page sizes (arm64 with 64 KiB pages) through memoryDriver.deviceClasses."""
+    objects = chart.render(
+        "memoryDriver.enabled=true",
+        "memoryDriver.deviceClasses[0].name=dra.memory",
+        "memoryDriver.deviceClasses[0].pageSize=64Ki",
+        "memoryDriver.deviceClasses[0].hugeTLB=false",
+    )
+    (only,) = memory_classes(objects)
+    (selector,) = only["spec"]["selectors"]
+    assert '.pageSize == "64Ki"' in selector["cel"]["expression"]
+    assert selector["cel"]["expression"].endswith(".hugeTLB == false")
+    for value, fragment in (
+        ("memoryDriver.deviceClasses[0].pageSize=4k", "/memoryDriver/deviceClasses/0/pageSize"),
+        ("memoryDriver.deviceClasses[0].name=Bad_Name", "/memoryDriver/deviceClasses/0/name"),
+        ("memoryDriver.enable=true", "enable"),
+    ):
+        assert fragment in chart.render_error("memoryDriver.enabled=true", value)

@@ -219,14 +219,22 @@ def test_driver_token_cannot_write_another_nodes_slices(rig: Rig, installed: htt
 
 
 def test_manifests_file_is_valid_yaml_for_the_server(rig: Rig, chart: Chart) -> None:
-    """deploy/dracpu.yaml's objects pass server-side dry-run creation one by one."""
+    """deploy/dracpu.yaml's objects, and the memory driver's DeviceClasses and ClusterRole,
+    pass server-side dry-run creation one by one."""
     paths = {
         **PATHS,
         "ConfigMap": f"/api/v1/namespaces/{NS}/configmaps",
         "DaemonSet": f"/apis/apps/v1/namespaces/{NS}/daemonsets",
         "DeviceClass": f"{RESOURCE}/deviceclasses",
     }
+    # With the memory driver on: its DeviceClasses and the ClusterRole naming dra.memory.
+    memory = [
+        o
+        for o in chart.render("memoryDriver.enabled=true")
+        if o["kind"] in ("DeviceClass", "ClusterRole")
+    ]
+    assert len(memory) == 5, [o["metadata"]["name"] for o in memory]
     with kube_client(rig) as kube:
-        for obj in (d for d in yaml.safe_load_all(MANIFESTS.read_text()) if d):
+        for obj in [d for d in yaml.safe_load_all(MANIFESTS.read_text()) if d] + memory:
             r = kube.post(paths[obj["kind"]], json=obj, params={"dryRun": "All"})
             assert r.status_code in (201, 409), f"{obj['kind']}: {r.text}"
