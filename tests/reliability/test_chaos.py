@@ -31,9 +31,12 @@ import grpc
 import pytest
 import trio
 
+from dracpu.cdi import CdiDir
+from dracpu.checkpoint import CheckpointStore
 from dracpu.core.cpuset import CpuSet
-from dracpu.daemon.owner import CRASH_EXIT_STATUS, CRASH_POINTS
+from dracpu.daemon.owner import CRASH_EXIT_STATUS, CRASH_POINTS, Owner
 from dracpu.daemon.status import read_status
+from dracpu.errors import DracpuError
 from dracpu.sysfs import read_topology
 from tests.daemon.support import (
     NODE,
@@ -481,3 +484,16 @@ def test_invariants_catch_each_kind_of_violation() -> None:
         "slices: devices missing ['cpudevnuma000']",
     ):
         assert tag in text, f"{tag!r} not in:\n{text}"
+
+
+def test_crash_point_names_a_bad_event() -> None:
+    """``DRACPU_TEST_CRASH_AT=POINT@EVENT`` refuses an unknown point or event, naming it."""
+    with short_dir("dco-") as root:
+        parts = {"checkpoint": CheckpointStore(root / "s"), "cdi": CdiDir(root / "c")}
+        state: Any = None
+        with pytest.raises(DracpuError, match=r"crash event 'Prepared'.*one of Prepare, Unprepare"):
+            Owner(state, crash_at="after-cdi@Prepared", **parts)  # type: ignore[arg-type]
+        with pytest.raises(DracpuError, match="crash point 'mid'"):
+            Owner(state, crash_at="mid@Prepare", **parts)  # type: ignore[arg-type]
+        owner = Owner(state, crash_at="before-reply@ContainerCreated", **parts)
+        assert (owner.crash_at, owner.crash_on) == ("before-reply", "ContainerCreated")
