@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -88,6 +89,7 @@ class Run:
     checks: int = 0
     violations: list[str] = field(default_factory=list)
     restarts: int = 0
+    starts: int = 0
     serial: int = 0
     made: set[str] = field(default_factory=set)  # pods we created and have not seen gone
 
@@ -99,7 +101,9 @@ class Run:
     def start_daemon(self, crash_at: str = "") -> None:
         argv = daemon_argv(self.rig, self.state_dir, cpu_device_mode=self.mode)
         argv.append("--release-grace-period=5")
-        drv = DracpuDaemon(self.rig, argv, self.work / f"dracpu-{self.mode}.log", self.state_dir)
+        self.starts += 1  # One log per start: DracpuDaemon counts registrations in its log.
+        logfile = self.work / f"dracpu-{self.mode}-{self.starts}.log"
+        drv = DracpuDaemon(self.rig, argv, logfile, self.state_dir)
         if crash_at:
             os.environ["DRACPU_TEST_CRASH_AT"] = crash_at
         self.daemon = drv
@@ -437,7 +441,8 @@ def run(args: argparse.Namespace) -> int:
         Run.restart_kubelet,
         Run.apiserver_outage,
     ]
-    with tempfile.TemporaryDirectory(prefix="dracpu-chaos-") as tmp, device_class(kube):
+    tmp = tempfile.mkdtemp(prefix="dracpu-chaos-")
+    with device_class(kube):
         r = Run(rig, kube, rng, Path(tmp), args.settle)
         try:
             for i, mode in enumerate(args.modes):
@@ -495,7 +500,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"{'violations':<52} {len(r.violations):>5}")
     for v in r.violations:
         print(f"  {v}")
-    return 1 if r.violations else 0
+    if r.violations:
+        print(f"dracpu logs and state kept in {tmp}")
+        return 1
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
 
 
 def main() -> int:
