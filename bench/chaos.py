@@ -91,7 +91,6 @@ class Run:
     restarts: int = 0
     starts: int = 0
     serial: int = 0
-    made: set[str] = field(default_factory=set)  # pods we created and have not seen gone
 
     # --- dracpu ---------------------------------------------------------------------------
     @property
@@ -200,7 +199,6 @@ class Run:
             ),
             90,
         )
-        self.made.add(name)
         log(f"pod {name} created")
         return name
 
@@ -236,7 +234,6 @@ class Run:
         for p in self.pods():
             self.delete_pod(p["metadata"]["name"])
         self.wait("every chaos pod gone", lambda: not self.pods(), 180)
-        self.made.clear()
 
     # --- faults ---------------------------------------------------------------------------
     def kill_random(self) -> None:
