@@ -490,8 +490,8 @@ def run(args: argparse.Namespace) -> int:
     modes = ", ".join(args.modes)
     print(f"\nchaos on the rig: seed {args.seed}, modes {modes}, {elapsed / 60:.1f} min")
     print(f"{'fault':<52} {'count':>5}")
-    for k, v in sorted(r.faults.items()):
-        print(f"{k:<52} {v:>5}")
+    for name, count in sorted(r.faults.items()):
+        print(f"{name:<52} {count:>5}")
     print(f"{'dracpu restarts after a death':<52} {r.restarts:>5}")
     print(f"{'invariant checks':<52} {r.checks:>5}")
     print(f"{'violations':<52} {len(r.violations):>5}")
