@@ -362,18 +362,36 @@ class Run:
         self.violations += [f"after {after}: {v}" for v in found]
 
 
+# The apiservers this run started: their parent is this process, so a stopped one stays a
+# zombie (its PID "alive" for kill(pid, 0)) until it is reaped here.
+_STARTED: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def _alive(pid: int) -> bool:
+    """True if ``pid`` runs (a zombie does not): reaps an apiserver this run started."""
+    if pid in _STARTED:
+        return _STARTED[pid].poll() is None
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 def stop_apiserver(rig: Rig) -> None:
     pid = int(rig.pid_file("kube-apiserver").read_text())
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     for _ in range(300):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _alive(pid):
             return
         time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+    for _ in range(100):
+        if not _alive(pid):
+            return
+        time.sleep(0.1)
 
 
 def start_apiserver(rig: Rig) -> None:
@@ -382,8 +400,9 @@ def start_apiserver(rig: Rig) -> None:
     pid_file = rig.pid_file("kube-apiserver")
     try:
         pid = int(pid_file.read_text())
-        os.kill(pid, 0)
     except (ValueError, OSError):
+        pid = 0
+    if not pid or not _alive(pid):
         argv = main_apiserver_argv(rig, enabled_feature_gates(rig))
         with rig.log_file("kube-apiserver").open("ab") as out:
             proc = subprocess.Popen(
@@ -394,10 +413,11 @@ def start_apiserver(rig: Rig) -> None:
                 start_new_session=True,
             )
         pid = proc.pid
+        _STARTED[pid] = proc
         pid_file.write_text(f"{pid}\n")
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180
     while not apiserver_ready(rig):
-        if not Path(f"/proc/{pid}").exists() or time.monotonic() > deadline:
+        if not _alive(pid) or time.monotonic() > deadline:
             where = rig.log_file("kube-apiserver")
             raise RuntimeError(f"kube-apiserver did not come back (log {where})")
         time.sleep(0.5)
@@ -418,7 +438,8 @@ def device_class(kube: httpx.Client) -> Iterator[None]:
         yield
     finally:
         if made:
-            kube.delete(path)
+            with contextlib.suppress(httpx.HTTPError):
+                kube.delete(path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -474,7 +495,13 @@ def run(args: argparse.Namespace) -> int:
             r.violations.append(f"run aborted: {type(exc).__name__}: {exc}")
             log(f"run aborted: {exc!r}")
         finally:
-            start_apiserver(rig)
+            for _ in range(3):  # Never leave the rig without its apiserver.
+                try:
+                    start_apiserver(rig)
+                    break
+                except RuntimeError as exc:
+                    log(f"{exc}; stopping it and trying again")
+                    stop_apiserver(rig)
             with contextlib.suppress(Exception):
                 r.drain()
             r.kill_daemon()
