@@ -1,12 +1,16 @@
 """Benchmark: enforcement with the real pinning policy.
 
     python bench/bench_enforce.py [--calls 2000] [--versions v0.11.0,v0.12.0] [--skip-cgroups]
+                                  [--repeat N] [--nri-only]
 
 1. **NRI CreateContainer** round trips timed by the Go peer's ``bench-create`` (real
    ``pkg/adaptation`` -> ttrpc -> our decode -> :class:`PolicyHandler` -> core ``step`` -> our
    encode -> the runtime's merge), for an exclusive container (env names a prepared claim; every
    call is the same consumer restarting) and a shared one. Goal p50 <= 130 us, p99 <= 400 us;
-   the ratio to the upstream Go driver (p50 103-130 us, p99 258-346 us) is printed.
+   the ratio to the upstream Go driver (p50 103-130 us, p99 258-346 us) is printed. Each
+   version's rows run beside the transport's floor in the same run: a stub handler answering
+   every create with the same bytes (``bench_nri.LazyPinningHandler``). ``--repeat N`` runs
+   the rows N times, interleaved, and prints each run, the spread and the load average.
 2. **Where the time goes**, in-process over one captured request: betterproto2 decode, the
    policy, betterproto2 encode; and what a hand-rolled lazy decoder of only the fields the
    policy reads, or a cache of encoded responses, would save.
@@ -19,6 +23,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shutil
 import statistics
@@ -53,6 +58,9 @@ from tests.nri.peer import build_peer, open_peer  # noqa: E402
 from tests.support.claims import POOL, cpuset_config, grouped, parsed, prepare  # noqa: E402
 from tests.support.topologies import make_topology  # noqa: E402
 
+sys.path.insert(0, str(REPO / "bench"))
+from bench_nri import LazyPinningHandler  # noqa: E402
+
 GO_P50_US = (103.0, 130.0)
 GO_P99_US = (258.0, 346.0)
 CLAIM = "5d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6"
@@ -73,10 +81,11 @@ def pct(sorted_values: list[float], q: float) -> float:
 
 
 async def nri_round_trips(
-    version: str, calls: int, exclusive: bool, through_owner: bool = False
+    version: str, calls: int, exclusive: bool, through_owner: bool = False, stub: bool = False
 ) -> list[float]:
-    """Microseconds per CreateContainer, sorted. ``through_owner``: the daemon's path (events
-    queued to the state owner's task) instead of stepping in the handler's task."""
+    """Microseconds per CreateContainer, sorted. ``through_owner``: the daemon's path (the
+    state owner's :class:`OwnerDecider`) instead of a bare :class:`StepDecider`. ``stub``: the
+    transport's floor, a handler answering every create with the same bytes."""
     binary = build_peer(version)
     tmp = tempfile.mkdtemp(prefix="nri-bench-", dir="/tmp")
     socket = str(Path(tmp) / "nri.sock")
@@ -95,7 +104,8 @@ async def nri_round_trips(
             peer = await open_peer(nursery, binary)
             await peer.command("add-pod", pod="bench")
             await peer.command("start", socket=socket)
-            plugin = NriPlugin(PolicyHandler(decider), socket_path=socket, events=POLICY_EVENTS)
+            handler = LazyPinningHandler() if stub else PolicyHandler(decider)
+            plugin = NriPlugin(handler, socket_path=socket, events=POLICY_EVENTS)
             await nursery.start(plugin.run)
             await peer.wait_log("connected and synchronized")
             args = {"pod": "bench", "env": env, "name": "app"}
@@ -311,35 +321,80 @@ async def cgroup_latency(count: int = 50) -> None:
     )
 
 
+ROWS = ("stub floor", "exclusive", "shared")
+
+
+def nri_rows(versions: list[str], calls: int, repeat: int) -> None:
+    """The NRI round-trip rows, ``repeat`` times interleaved; each run, then the spread."""
+    p50s: dict[tuple[str, str], list[float]] = {}
+    p99s: dict[tuple[str, str], list[float]] = {}
+    for run in range(repeat):
+        print(f"  run {run + 1}/{repeat}, load average {_load()}")
+        for version in versions:
+            for kind in ROWS:
+                us = trio.run(
+                    functools.partial(
+                        nri_round_trips,
+                        version,
+                        calls,
+                        exclusive=kind == "exclusive",
+                        stub=kind == "stub floor",
+                    )
+                )
+                p50, p99 = pct(us, 50), pct(us, 99)
+                p50s.setdefault((version, kind), []).append(p50)
+                p99s.setdefault((version, kind), []).append(p99)
+                policy = "" if kind == "stub floor" else ", real policy"
+                print(
+                    f"    NRI {version} CreateContainer ({kind}{policy}), {len(us)} calls: "
+                    f"p50 {p50:.0f} us, p99 {p99:.0f} us, max {us[-1]:.0f} us; vs Go p50 "
+                    f"{p50 / GO_P50_US[1]:.2f}-{p50 / GO_P50_US[0]:.2f}x, p99 "
+                    f"{p99 / GO_P99_US[1]:.2f}-{p99 / GO_P99_US[0]:.2f}x"
+                    + (
+                        ""
+                        if kind == "stub floor"
+                        else f" (goal p50 <= 130, p99 <= 400: "
+                        f"{'met' if p50 <= 130 and p99 <= 400 else 'MISSED'})"
+                    )
+                )
+    print(f"  load average {_load()}")
+    if repeat > 1:
+        print(f"  spread over {repeat} runs, median (min-max), us:")
+        for (version, kind), values in p50s.items():
+            q = p99s[version, kind]
+            print(
+                f"    {version} {kind:10s}  p50 {statistics.median(values):.0f} "
+                f"({min(values):.0f}-{max(values):.0f})  p99 {statistics.median(q):.0f} "
+                f"({min(q):.0f}-{max(q):.0f})"
+            )
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--versions", default="v0.11.0,v0.12.0")
     parser.add_argument("--skip-cgroups", action="store_true")
+    parser.add_argument("--repeat", type=int, default=1, help="runs of the NRI rows")
+    parser.add_argument("--nri-only", action="store_true", help="only the NRI round-trip rows")
     args = parser.parse_args()
+    versions = args.versions.split(",")
     print(f"enforcement bench on {os.cpu_count()} CPUs")
-    for version in args.versions.split(","):
-        for exclusive in (True, False):
-            us = trio.run(nri_round_trips, version, args.calls, exclusive)
-            p50, p99 = pct(us, 50), pct(us, 99)
-            kind = "exclusive" if exclusive else "shared"
-            print(
-                f"  NRI {version} CreateContainer ({kind}, real policy), {len(us)} calls: "
-                f"p50 {p50:.0f} us, p99 {p99:.0f} us, max {us[-1]:.0f} us; vs Go p50 "
-                f"{p50 / GO_P50_US[1]:.2f}-{p50 / GO_P50_US[0]:.2f}x, p99 "
-                f"{p99 / GO_P99_US[1]:.2f}-{p99 / GO_P99_US[0]:.2f}x "
-                f"(goal p50 <= 130, p99 <= 400: "
-                f"{'met' if p50 <= 130 and p99 <= 400 else 'MISSED'})"
-            )
-    last = args.versions.split(",")[-1]
+    nri_rows(versions, args.calls, args.repeat)
+    last = versions[-1]
     us = trio.run(nri_round_trips, last, args.calls, True, True)
     print(
         f"  NRI {last} CreateContainer (exclusive, through the daemon's state owner), "
         f"{len(us)} calls: p50 {pct(us, 50):.0f} us, p99 {pct(us, 99):.0f} us"
     )
+    if args.nri_only:
+        return
     breakdown()
     core_scaling()
-    trio.run(fan_out, args.versions.split(",")[-1])
+    trio.run(fan_out, last)
     if not args.skip_cgroups:
         trio.run(cgroup_latency)
 

@@ -34,7 +34,14 @@ import betterproto2
 
 from dracpu.errors import ProtocolError
 
-__all__ = ["DEFAULT_MAX_DEPTH", "MalformedMessageError", "check_message", "parse_strict"]
+__all__ = [
+    "DEFAULT_MAX_DEPTH",
+    "MalformedMessageError",
+    "Span",
+    "Wanted",
+    "check_message",
+    "parse_strict",
+]
 
 # protobuf's own C++ and Go decoders stop at 100 levels; our messages nest fewer than 10.
 DEFAULT_MAX_DEPTH = 64
@@ -131,6 +138,13 @@ def _check_packed(data: bytes, pos: int, end: int, f: _Field, cls: str) -> None:
             _, pos = _varint(data, pos, end, f"element of packed field {f.name}", cls)
 
 
+Span = tuple[type[betterproto2.Message], int, int, int, int]
+"""A collected field: ``(message class, where that message's bytes start, field number,
+value start, value end)``; the value is the body of a length-delimited field, or the varint."""
+
+Wanted = dict[type[betterproto2.Message], frozenset[int]]
+
+
 def _check(
     cls: type[betterproto2.Message],
     data: bytes,
@@ -139,11 +153,15 @@ def _check(
     depth: int,
     max_depth: int,
     utf8: bool,
+    wanted: Wanted | None = None,
+    spans: list[Span] | None = None,
 ) -> None:
     name = cls.__name__
     if depth > max_depth:
         raise MalformedMessageError(name, f"nested deeper than {max_depth} levels", offset=pos)
     schema = _schema(cls)
+    collect = wanted.get(cls) if wanted is not None else None
+    start = pos
     while pos < end:
         tag_at = pos
         tag = data[pos]
@@ -167,9 +185,12 @@ def _check(
                 )
             if f is None:
                 continue
+            if collect is not None and number in collect:
+                assert spans is not None
+                spans.append((cls, start, number, body, pos))
             if f.body == _NESTED:
                 assert f.nested is not None
-                _check(f.nested, data, body, pos, depth + 1, max_depth, utf8)
+                _check(f.nested, data, body, pos, depth + 1, max_depth, utf8, wanted, spans)
             elif f.body == _PACKED:
                 _check_packed(data, body, pos, f, name)
             elif f.wire != _LEN:
@@ -185,7 +206,11 @@ def _check(
         if number == 0:
             raise MalformedMessageError(name, "field number 0", offset=tag_at)
         if wire == _VARINT:
+            value_at = pos
             _, pos = _varint(data, pos, end, _where(f, number), name)
+            if collect is not None and number in collect and f is not None and f.wire == wire:
+                assert spans is not None
+                spans.append((cls, start, number, value_at, pos))
         elif wire in (_FIXED64, _FIXED32):
             pos += 8 if wire == _FIXED64 else 4
             if pos > end:
@@ -216,15 +241,21 @@ def check_message(
     *,
     max_depth: int = DEFAULT_MAX_DEPTH,
     utf8: bool = False,
-) -> None:
+    wanted: Wanted | None = None,
+) -> list[Span]:
     """Raise :class:`MalformedMessageError` unless ``data`` is a well-formed ``cls`` encoding.
 
     Linear in ``len(data)``; nothing is decoded or copied. ``utf8`` also checks that every
     string field of the schema (at any depth) is UTF-8, which ``cls.parse`` would otherwise
     find: a reader that decodes only some fields (:mod:`dracpu.nri.lazy`) asks for it, so it
-    refuses exactly what :func:`parse_strict` refuses.
+    refuses exactly what :func:`parse_strict` refuses. Such a reader also names the fields it
+    reads in ``wanted`` (message class -> field numbers): the same walk returns where each
+    occurrence is, in wire order (:data:`Span`; length-delimited and varint fields with their
+    schema's wire type), so it need not walk the bytes again. Without ``wanted``: ``[]``.
     """
-    _check(cls, data, 0, len(data), 0, max_depth, utf8)
+    spans: list[Span] = []
+    _check(cls, data, 0, len(data), 0, max_depth, utf8, wanted, spans)
+    return spans
 
 
 def parse_strict(cls: type[M], data: bytes, *, max_depth: int = DEFAULT_MAX_DEPTH) -> M:

@@ -14,8 +14,11 @@ if just --summary | tr ' ' '\n' | grep -qx rig-up; then
     just rig-up
     # Phase 1: everything but the deployed chart. The e2e daemon tests start `dracpu run` as the
     # node's dra.cpu driver themselves, so no DaemonSet may register the same driver meanwhile.
+    # Unit, property and real-peer tests on both cores (pytest-xdist), then the e2e tests one at
+    # a time: they share the one rig node.
     deployed=tests/e2e/test_deployed_driver.py
-    .venv/bin/python -m pytest --ignore="$deployed" "$@"
+    .venv/bin/python -m pytest -m "not e2e" -n 2 "$@"
+    .venv/bin/python -m pytest -m e2e --ignore="$deployed" "$@"
     # Phase 2: the image (podman + mmdebstrap, cached in ~/.cache/dracpu/image), the chart on the
     # rig, the deployed-driver tests, then the chart removed again.
     archive="$(just image | tail -n 1)"
@@ -24,5 +27,5 @@ if just --summary | tr ' ' '\n' | grep -qx rig-up; then
     .venv/bin/python -m pytest "$deployed" "$@"
     just undeploy
 else
-    .venv/bin/python -m pytest -m "not e2e" "$@"
+    .venv/bin/python -m pytest -m "not e2e" -n 2 "$@"
 fi

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from dracpu.protowire import MalformedMessageError, check_message, parse_strict
 from generated.k8s.io.kubelet.pkg.apis.dra import v1
 from generated.nri.pkg.api import v1alpha1 as api
+from generated.ttrpc import Request
 
 text = st.text(max_size=20)
 
@@ -100,3 +101,12 @@ def test_unknown_fields_of_every_wire_type_are_skipped_when_well_formed() -> Non
     check_message(v1.NodePrepareResourcesRequest, data)
     with pytest.raises(MalformedMessageError, match="truncated field 101"):
         check_message(v1.NodePrepareResourcesRequest, b"\xa9\x06\x00")
+
+
+def test_check_message_returns_the_wanted_fields_it_walked() -> None:
+    body = bytes(Request(service="svc", method="M", payload=b"\x01\x02", timeout_nano=7))
+    body += bytes(Request(method="N"))  # a repeated singular field: both occurrences are listed
+    spans = check_message(Request, body, wanted={Request: frozenset({2, 4})})
+    got = [(cls, at, number, body[s:e]) for cls, at, number, s, e in spans]
+    assert got == [(Request, 0, 2, b"M"), (Request, 0, 4, b"\x07"), (Request, 0, 2, b"N")]
+    assert check_message(Request, body) == []

@@ -32,6 +32,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import immutables
+
 from dracpu.core.allocator import AllocationOptions, allocate
 from dracpu.core.cdi import ENV_PREFIX, CpusetEnvError, cdi_device_id, env_entry, parse_env
 from dracpu.core.claims import Claim, ClaimRef, DeviceResult
@@ -114,6 +116,7 @@ __all__ = [
     "restore",
     "snapshot",
     "step",
+    "unaccounted_held",
 ]
 
 
@@ -193,13 +196,15 @@ class NodeState:
     ``devices`` maps each published device name to its CPUs (from topology, mode and reserved
     CPUs); ``held`` is the union of every prepared claim's CPUs; ``owners`` maps a claim UID to
     its one consumer. Containers are not checkpointed: the runtime's Synchronize rebuilds them.
+    ``containers`` is always a persistent map (``immutables.Map``; any other mapping given is
+    converted), so a container event costs O(log n), not a copy of every known container.
     """
 
     topology: Topology
     config: NodeConfig
     devices: Mapping[str, CpuSet]
     claims: Mapping[str, PreparedClaim] = field(default_factory=dict)
-    containers: Mapping[str, KnownContainer] = field(default_factory=dict)
+    containers: Mapping[str, KnownContainer] = field(default_factory=immutables.Map)
     owners: Mapping[str, Owner] = field(default_factory=dict)
     held: CpuSet = CpuSet()  # noqa: RUF009 (immutable value)
     memory: Mapping[str, MemoryAssignment] = field(default_factory=dict)
@@ -211,6 +216,10 @@ class NodeState:
     pool_stamp: tuple[Mapping[str, KnownContainer], CpuSet] | None = field(
         default=None, compare=False, repr=False
     )
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.containers, immutables.Map):
+            object.__setattr__(self, "containers", immutables.Map(self.containers))
 
     def shared_on_pool(self, pool: CpuSet) -> bool:
         """True when every shared container is known to run on ``pool`` already."""
@@ -272,6 +281,28 @@ class NodeState:
             if not claim.cpus.isdisjoint(cpus):
                 return claim
         return None
+
+
+def unaccounted_held(state: NodeState) -> CpuSet:
+    """Held CPUs that no prepared claim's allocation result names on a published device.
+
+    After a restart with another device mode or grouping, claims prepared before it keep their
+    CPUs under device names the slices no longer carry, so the scheduler sees those CPUs as free.
+    Adopted claims (devices unknown) count too. The slice model hides these CPUs
+    (:attr:`SliceOptions.hidden`) until the claims are unprepared.
+    """
+    unaccounted = CpuSet()
+    for claim in state.claims.values():
+        unaccounted = unaccounted | _unaccounted(state, claim)
+    return unaccounted
+
+
+def _unaccounted(state: NodeState, claim: PreparedClaim) -> CpuSet:
+    accounted = CpuSet()
+    for result in claim.devices:
+        if result.pool == state.config.pool and result.device in state.devices:
+            accounted = accounted | (result.cpus & state.devices[result.device])
+    return claim.cpus - accounted
 
 
 def _devices(topology: Topology, config: NodeConfig) -> dict[str, CpuSet]:
@@ -802,6 +833,7 @@ def _unprepare(state: NodeState, event: Unprepare) -> tuple[NodeState, tuple[Eff
     held = state.held
     results: dict[str, UnprepareOutcome] = {}
     gone: list[str] = []
+    reveals = False  # a released claim's CPUs were hidden from the slices
     for ref in event.claims:
         results[ref.uid] = ClaimUnprepared()
         claim = claims.pop(ref.uid, None)
@@ -809,6 +841,7 @@ def _unprepare(state: NodeState, event: Unprepare) -> tuple[NodeState, tuple[Eff
         gone.append(ref.uid)
         if claim is not None:
             held = held - claim.cpus
+            reveals = reveals or bool(_unaccounted(state, claim))
     changed = len(claims) != len(state.claims)
     after = state
     if changed:
@@ -828,6 +861,8 @@ def _unprepare(state: NodeState, event: Unprepare) -> tuple[NodeState, tuple[Eff
     effects: list[Effect] = []
     if changed:
         effects.append(WriteCheckpoint(after))
+        if reveals:
+            effects.append(RepublishSlices("CPUs of a claim from before a device-mode switch"))
     # Removing the spec of a claim we do not know is harmless and clears leftovers.
     effects.extend(RemoveCdiSpec(uid) for uid in gone)
     if changed and (updates := shared_updates(after)):
@@ -837,13 +872,57 @@ def _unprepare(state: NodeState, event: Unprepare) -> tuple[NodeState, tuple[Eff
     return after, tuple(effects)
 
 
+def _containers(state: NodeState) -> immutables.Map[str, KnownContainer]:
+    """The state's persistent container map (``NodeState`` converts any other mapping)."""
+    containers = state.containers
+    assert isinstance(containers, immutables.Map)
+    return containers
+
+
+_STATE_FIELDS = (
+    "topology",
+    "config",
+    "devices",
+    "claims",
+    "containers",
+    "owners",
+    "held",
+    "memory",
+    "pool_stamp",
+)
+assert tuple(f.name for f in dataclasses.fields(NodeState)) == _STATE_FIELDS, (
+    "NodeState changed: update _with_containers"
+)
+
+
+def _with_containers(
+    state: NodeState,
+    containers: immutables.Map[str, KnownContainer],
+    owners: Mapping[str, Owner],
+    stamp: tuple[Mapping[str, KnownContainer], CpuSet] | None,
+) -> NodeState:
+    """``dataclasses.replace`` for the container events, at a third of its cost (every field
+    is named, and the assertion above fails if NodeState gains one)."""
+    return NodeState(
+        topology=state.topology,
+        config=state.config,
+        devices=state.devices,
+        claims=state.claims,
+        containers=containers,
+        owners=owners,
+        held=state.held,
+        memory=state.memory,
+        pool_stamp=stamp,
+    )
+
+
 def _record_updates(state: NodeState, updates: Iterable[ContainerUpdate]) -> NodeState:
-    containers = dict(state.containers)
+    containers = _containers(state).mutate()
     for update in updates:
         known = containers.get(update.container_id)
         if known is not None:
             containers[update.container_id] = dataclasses.replace(known, cpus=update.cpus)
-    return dataclasses.replace(state, containers=containers)
+    return dataclasses.replace(state, containers=containers.finish())
 
 
 def _container_created(
@@ -857,20 +936,29 @@ def _container_created(
         return state, (RejectContainer(container.id, memory.reason),)
     pool = shared_pool(state)  # a container's creation never changes the pool
     synced = state.shared_on_pool(pool)
-    containers = dict(state.containers)
     if isinstance(decision, Shared):
-        containers[container.id] = KnownContainer(container, (), decision.cpus, memory)
+        known = KnownContainer(container, (), decision.cpus, memory)
+        containers = _containers(state).set(container.id, known)
         stamp = (containers, pool) if synced and decision.cpus == pool else None
-        after = dataclasses.replace(state, containers=containers, pool_stamp=stamp)
+        after = _with_containers(state, containers, state.owners, stamp)
         return after, (AdjustContainer(container.id, decision.cpus, memory=memory),)
     assert isinstance(decision, Exclusive)
-    owners = dict(state.owners)
-    for uid in decision.claims:
-        owners[uid] = Owner(container.pod.uid, container.name, container.kind)
-    containers[container.id] = KnownContainer(container, decision.claims, decision.cpus, memory)
-    after = dataclasses.replace(state, containers=containers, owners=owners, pool_stamp=None)
-    # O(changed): with every shared container already on the pool there is nothing to scan.
-    updates = () if synced else shared_updates(after, exclude=container.id)
+    owner = Owner(container.pod.uid, container.name, container.kind)
+    owners = state.owners
+    if any(owners.get(uid) != owner for uid in decision.claims):  # not a consumer restarting
+        owners = dict(owners)
+        for uid in decision.claims:
+            owners[uid] = owner
+    known = KnownContainer(container, decision.claims, decision.cpus, memory)
+    containers = _containers(state).set(container.id, known)
+    if synced:
+        # O(changed): with every shared container already on the pool there is nothing to
+        # scan, and the stamp carries over to the new map (one copy of the state, not two).
+        stamp = (containers, pool) if pool else None
+        after = _with_containers(state, containers, owners, stamp)
+        return after, (AdjustContainer(container.id, decision.cpus, (), memory),)
+    after = _with_containers(state, containers, owners, None)
+    updates = shared_updates(after, exclude=container.id)
     after = _record_updates(after, updates) if updates else after
     after = dataclasses.replace(after, pool_stamp=(after.containers, pool) if pool else None)
     return after, (AdjustContainer(container.id, decision.cpus, updates, memory),)
@@ -898,11 +986,13 @@ def _container_updating(
 def _container_removed(state: NodeState, container_id: str) -> tuple[NodeState, tuple[Effect, ...]]:
     if container_id not in state.containers:
         return state, ()
-    containers = dict(state.containers)
-    del containers[container_id]
     # The claim stays prepared and owned (a restarted container gets it back): the pool only
     # widens at unprepare.
-    return dataclasses.replace(state, containers=containers), ()
+    containers = _containers(state).delete(container_id)
+    # Removing a container moves no other: a settled pool stays settled.
+    pool = shared_pool(state)
+    stamp = (containers, pool) if pool and state.shared_on_pool(pool) else None
+    return _with_containers(state, containers, state.owners, stamp), ()
 
 
 def _synchronized(
@@ -925,11 +1015,13 @@ def _synchronized(
                 claims[uid] = claim
                 held = held | cpus
                 adopted.append(claim)
-    base = dataclasses.replace(state, claims=claims, held=held, containers={}, owners={})
+    base = dataclasses.replace(
+        state, claims=claims, held=held, containers=immutables.Map(), owners={}
+    )
     # Known owners of claims with no running container stay (a stopped container restarts).
     owners = {uid: o for uid, o in state.owners.items() if uid in claims}
     base = dataclasses.replace(base, owners=owners)
-    known: dict[str, KnownContainer] = {}
+    known: immutables.Map[str, KnownContainer] = immutables.Map()
     updates: list[ContainerUpdate] = []
     current = base
     # Exclusive containers first, so ownership is settled before shared ones are placed.
@@ -943,16 +1035,16 @@ def _synchronized(
         if isinstance(decision, Exclusive):
             for uid in decision.claims:
                 owners[uid] = Owner(container.pod.uid, container.name, container.kind)
-            known[container.id] = KnownContainer(container, decision.claims, decision.cpus, memory)
+            entry = KnownContainer(container, decision.claims, decision.cpus, memory)
         else:
             # Shared, or rejected (forged env, second consumer): it runs on the pool.
-            pool = shared_pool(current)
-            known[container.id] = KnownContainer(container, (), pool, memory)
-        cpus = known[container.id].cpus
+            entry = KnownContainer(container, (), shared_pool(current), memory)
+        known = known.set(container.id, entry)
+        cpus = entry.cpus
         if cpus and (container.cpus != cpus or memory.mems or memory.hugepage_limits):
             # The runtime does not report mems or hugetlb limits: re-assert them.
             updates.append(_own_update(container.id, cpus, memory))
-        current = dataclasses.replace(current, containers=dict(known), owners=dict(owners))
+        current = dataclasses.replace(current, containers=known, owners=dict(owners))
     effects: list[Effect] = []
     if adopted:
         effects.append(WriteCheckpoint(current))

@@ -64,6 +64,11 @@ class SliceOptions:
     """KEP-5517 (upstream's ``publishNodeAllocatableResourceMapping``): each device says how
     its allocation maps onto the node's ``cpu`` allocatable, so the scheduler does not count a
     claimed CPU twice. Needs the ``DRANodeAllocatableResources`` gate (1.37: alpha)."""
+    hidden: CpuSet = CpuSet()  # noqa: RUF009 (immutable value)
+    """CPUs held by claims that the published devices do not stand for (a claim prepared before
+    a switch of device mode or grouping). The scheduler cannot see them as taken, so individual
+    devices of these CPUs are left out and grouped devices offer that much less capacity; device
+    names stay as they are. Empty in the steady state."""
 
 
 def node_allocatable(mode: DeviceMode) -> Json:
@@ -113,10 +118,15 @@ def cpu_devices(topology: Topology, options: SliceOptions) -> list[CpuDevice]:
 def build_devices(topology: Topology, options: SliceOptions) -> list[Json]:
     """The ``spec.devices`` entries of every slice of the node, in order."""
     devices = cpu_devices(topology, options)
+    hidden = options.hidden
     if options.mode is DeviceMode.INDIVIDUAL:
-        built = [_individual(topology, d, options) for d in devices]
+        built = [_individual(topology, d, options) for d in devices if not d.cpus <= hidden]
     else:
-        built = [_grouped(topology, d, options) for d in devices]
+        built = [
+            _grouped(topology, d, options, offered=len(d.cpus - hidden))
+            for d in devices
+            if not d.cpus <= hidden
+        ]
     if options.node_allocatable_mapping:
         for device in built:
             device["nodeAllocatableResources"] = node_allocatable(options.mode)
@@ -222,7 +232,7 @@ def _individual(topology: Topology, device: CpuDevice, options: SliceOptions) ->
     return {"name": device.name, "attributes": dict(sorted(attributes.items()))}
 
 
-def _grouped(topology: Topology, device: CpuDevice, options: SliceOptions) -> Json:
+def _grouped(topology: Topology, device: CpuDevice, options: SliceOptions, *, offered: int) -> Json:
     attributes: Json = {
         qualified("smtEnabled"): {"bool": topology.smt_enabled},
         qualified("numCPUs"): _int(len(device.cpus)),
@@ -239,6 +249,6 @@ def _grouped(topology: Topology, device: CpuDevice, options: SliceOptions) -> Js
     return {
         "name": device.name,
         "attributes": dict(sorted(attributes.items())),
-        "capacity": {CPU_CAPACITY: {"value": str(len(device.cpus))}},
+        "capacity": {CPU_CAPACITY: {"value": str(offered)}},
         "allowMultipleAllocations": True,
     }

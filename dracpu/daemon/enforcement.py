@@ -29,7 +29,7 @@ from dracpu.daemon.config import EnforcementMode
 from dracpu.daemon.owner import Owner
 from dracpu.errors import DracpuError
 from dracpu.nri import NriPlugin
-from dracpu.nri.policy import POLICY_EVENTS, ContainerUpdater, PolicyHandler
+from dracpu.nri.policy import POLICY_EVENTS, ContainerUpdater, Decided, PolicyHandler
 
 __all__ = ["Enforcement", "EnforcementMode", "OwnerDecider"]
 
@@ -58,6 +58,12 @@ class OwnerDecider:
         if applied.error is not None:
             raise DracpuError(applied.error)
         return applied.reply
+
+    def try_apply(self, event: node.Event) -> Decided | None:
+        """Apply ``event`` in the calling task when the owner is idle and the event needs no
+        checkpoint (:meth:`Owner.try_apply_now`); None otherwise."""
+        applied = self.owner.try_apply_now(event)
+        return None if applied is None else Decided(applied.reply)
 
 
 class Enforcement:

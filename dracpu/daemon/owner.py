@@ -121,6 +121,8 @@ class Owner:
         self._send, self._receive = trio.open_memory_channel[
             tuple[node.Event, trio.MemorySendChannel[Applied]]
         ](queue)
+        self._queued = 0  # events handed to apply() and not yet taken by the owner task
+        self._busy = False  # the owner task is applying a group
 
     @property
     def state(self) -> node.NodeState:
@@ -141,23 +143,28 @@ class Owner:
         """
         task_status.started()
         async for item in self._receive:
-            batch = [item]
-            while len(batch) < self.max_group:
-                try:
-                    batch.append(self._receive.receive_nowait())
-                except trio.WouldBlock:
-                    break
-            events = [event for event, _ in batch]
-            with trio.CancelScope(shield=True):
-                state, steps, body = self._step_group(events)
-                error = None
-                if body is not None:
-                    error = await trio.to_thread.run_sync(self._write_checkpoint, body)
-            results = self._finish_group(events, state, steps, error, body is not None)
-            for (_, reply_to), applied in zip(batch, results, strict=True):
-                # If the caller was cancelled, the kubelet retries and gets the same answer.
-                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                    reply_to.send_nowait(applied)
+            self._busy = True
+            try:
+                batch = [item]
+                while len(batch) < self.max_group:
+                    try:
+                        batch.append(self._receive.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                self._queued -= len(batch)
+                events = [event for event, _ in batch]
+                with trio.CancelScope(shield=True):
+                    state, steps, body = self._step_group(events)
+                    error = None
+                    if body is not None:
+                        error = await trio.to_thread.run_sync(self._write_checkpoint, body)
+                results = self._finish_group(events, state, steps, error, body is not None)
+                for (_, reply_to), applied in zip(batch, results, strict=True):
+                    # If the caller was cancelled, the kubelet retries and gets the same answer.
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                        reply_to.send_nowait(applied)
+            finally:
+                self._busy = False
             await trio.lowlevel.checkpoint()
         raise AssertionError("unreachable: the owner keeps its own send channel open")
 
@@ -170,8 +177,28 @@ class Owner:
         """
         reply_send, reply_receive = trio.open_memory_channel[Applied](1)
         async with reply_receive:
-            await self._send.send((event, reply_send))
+            self._queued += 1
+            try:
+                await self._send.send((event, reply_send))
+            except BaseException:
+                self._queued -= 1  # cancelled before it was queued: never applied
+                raise
             return await reply_receive.receive()
+
+    def try_apply_now(self, event: node.Event) -> Applied | None:
+        """Apply ``event`` in the calling task, at once, when that is the same as queueing it:
+        the owner task is idle (no group being applied or written) and no event is queued
+        before it. None when it is not, or when the event asks for a checkpoint (the owner
+        task writes those, in a worker thread); the state is then unchanged. NRI container
+        events take this path: they need no write, so the runtime's wait costs no task hop.
+        Synchronous: nothing can interleave."""
+        if self._busy or self._queued:
+            return None
+        state, effects = node.step(self._state, event)
+        if any(isinstance(e, node.WriteCheckpoint) for e in effects):
+            return None
+        self._state = state
+        return self._run_effects(event, state, effects)
 
     def apply_now(self, event: node.Event) -> Applied:
         """Apply one event in the calling task (start-up before any server runs, tests).

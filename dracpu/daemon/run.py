@@ -180,6 +180,7 @@ class Daemon:
         options = state.config.slice_options(expose_pcie_roots=self.config.expose_pcie_roots)
         if self.config.publish_node_allocatable_resource_mapping:
             options = dataclasses.replace(options, node_allocatable_mapping=True)
+        options = dataclasses.replace(options, hidden=node.unaccounted_held(state))
         return build_slice_specs(state.topology, options)
 
     def republish(self, state: node.NodeState) -> None:

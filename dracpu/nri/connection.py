@@ -16,6 +16,11 @@ that the peer does not drain within ``write_timeout`` seconds, or a frame left i
 A malformed or oversized frame, EOF, a stalled peer or a failed write closes the connection: the
 reason is logged once, every pending call fails with :class:`ConnectionClosedError`, and every
 request task is cancelled.
+
+The fast path: with ``serve_now`` (a :data:`SyncRequestHandler`), a request arriving while none
+is in flight may be answered in the read loop itself, with no task and no deadline scope. On a
+``trio.SocketStream`` the loop reads and writes the descriptor directly, waiting only when the
+socket has nothing to read or will not take the whole frame.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -30,7 +36,7 @@ import trio
 
 from dracpu.nri import mux, ttrpc
 from dracpu.nri.errors import ConnectionClosedError, FrameError, RpcStatusError
-from dracpu.nri.lazy import read_ttrpc_request, ttrpc_response
+from dracpu.nri.lazy import TtrpcRequest, read_ttrpc_request, ttrpc_response
 from dracpu.nri.ttrpc import Code, MessageType
 from generated.google.rpc import Status
 from generated.ttrpc import Request, Response
@@ -46,7 +52,15 @@ own deadline) is delivered as ``trio.Cancelled`` and must be allowed to propagat
 whose deadline passed gets no answer, exactly as if the handler were still running.
 """
 
+SyncRequestHandler = Callable[[str, str, bytes], bytes | None]
+"""Answers one unary request at once, without awaiting: the response payload, or None when it
+cannot (the request then goes to the :data:`RequestHandler` in its own task). Raise
+:class:`RpcStatusError` for a specific status; any other exception is answered with UNKNOWN.
+It runs in the read loop, so it must not block."""
+
 READ_SIZE = 1 << 16
+MAX_READS_WITHOUT_CHECKPOINT = 16
+"""Reads that found data at once before the read loop yields to other tasks anyway."""
 FRAME_TIMEOUT = 10.0
 """Seconds a started frame may stay incomplete before the connection is closed."""
 WRITE_TIMEOUT = 10.0
@@ -69,7 +83,8 @@ class MuxConnection:
     """The two ttrpc conversations of one NRI socket; see the module docstring.
 
     The plugin role (default) serves conn 1 and calls on conn 2; ``serve_conn=2, call_conn=1``
-    gives the runtime role, which tests use as an in-memory runtime.
+    gives the runtime role, which tests use as an in-memory runtime. ``serve_now`` is the
+    optional read-loop fast path (module docstring).
     """
 
     def __init__(
@@ -84,8 +99,14 @@ class MuxConnection:
         frame_timeout: float = FRAME_TIMEOUT,
         write_timeout: float = WRITE_TIMEOUT,
         max_queued_replies: int = MAX_QUEUED_REPLIES,
+        serve_now: SyncRequestHandler | None = None,
     ) -> None:
         self._stream = stream
+        # On a socket the loop reads and writes the descriptor itself: a read that finds data
+        # costs no scheduler round trip, a write the kernel takes whole costs none either.
+        self._fd = stream.socket.fileno() if isinstance(stream, trio.SocketStream) else None
+        self._reads_without_wait = 0
+        self._serve_now = serve_now
         self._frame_timeout = frame_timeout
         self._write_timeout = write_timeout
         self._refusals, self._refusals_out = trio.open_memory_channel[tuple[int, int, str]](
@@ -96,7 +117,9 @@ class MuxConnection:
         self._serve = serve
         self._name = name
         self._max_concurrent = max_concurrent_requests
-        self._write_lock = trio.Lock()
+        # A semaphore, not a Lock: a write started in the read loop may be finished (and the
+        # lock released) by another task, and a frame is never interleaved with another.
+        self._write_lock = trio.Semaphore(1, max_value=1)
         self._next_stream_id = 1
         self._last_request_id = 0
         self._pending: dict[int, _Pending] = {}
@@ -193,12 +216,12 @@ class MuxConnection:
             deadline = math.inf if partial_since is None else partial_since + self._frame_timeout
             data: bytes | bytearray = b""
             if partial_since is None:  # between frames: no deadline, no cancel scope to set up
-                data = await self._stream.receive_some(READ_SIZE)
+                data = await self._receive()
                 if not data:
                     return
             else:
                 with trio.move_on_at(deadline):
-                    data = await self._stream.receive_some(READ_SIZE)
+                    data = await self._receive()
                     if not data:
                         return
             if not data:
@@ -221,6 +244,25 @@ class MuxConnection:
                         len(payload),
                         conn_id,
                     )
+
+    async def _receive(self) -> bytes | bytearray:
+        """The next bytes from the peer (empty at EOF). On a socket: read the descriptor, and
+        wait (a checkpoint) only when nothing is there; after
+        :data:`MAX_READS_WITHOUT_CHECKPOINT` reads in a row that found data, yield anyway so a
+        peer that never pauses cannot starve the other tasks or delay a cancellation."""
+        fd = self._fd
+        if fd is None:
+            return await self._stream.receive_some(READ_SIZE)
+        self._reads_without_wait += 1
+        if self._reads_without_wait > MAX_READS_WITHOUT_CHECKPOINT:
+            self._reads_without_wait = 0
+            await trio.lowlevel.checkpoint()
+        while True:
+            try:
+                return os.read(fd, READ_SIZE)
+            except BlockingIOError:
+                self._reads_without_wait = 0
+                await trio.lowlevel.wait_readable(fd)
 
     # ------------------------------------------------------------------ server side (conn 1)
 
@@ -249,6 +291,12 @@ class MuxConnection:
             )
             return
         self._last_request_id = msg.stream_id
+        request: TtrpcRequest | None = None
+        if self._serve_now is not None and self._inflight == 0:
+            # Nothing else in flight, so answering now keeps the requests in order.
+            request = self._try_read_request(msg.body)
+            if request is not None and self._answer_now(msg.stream_id, request):
+                return
         if self._inflight >= self._max_concurrent:
             await self._refusals.send(
                 (
@@ -259,19 +307,64 @@ class MuxConnection:
             )
             return
         self._inflight += 1
-        self._nursery.start_soon(self._serve_one, msg)
+        self._nursery.start_soon(self._serve_one, msg, request)
 
-    async def _serve_one(self, msg: ttrpc.Message) -> None:
+    @staticmethod
+    def _try_read_request(body: bytes) -> TtrpcRequest | None:
+        """The request's envelope, or None when it is malformed (the task path answers it)."""
+        try:
+            return read_ttrpc_request(body)
+        except Exception:
+            return None
+
+    def _answer_now(self, stream_id: int, request: TtrpcRequest) -> bool:
+        """Serve ``request`` in the read loop through ``serve_now``; False when it declined."""
+        assert self._serve_now is not None
+        method = f"{request.service}/{request.method}"
+        status: Status | None = None
+        payload: bytes | None = b""
+        try:
+            payload = self._serve_now(request.service, request.method, request.payload)
+        except RpcStatusError as exc:
+            status = Status(code=exc.code, message=exc.status_message)
+        except Exception as exc:
+            log.exception("%s: handler for %s failed", self._name, method)
+            status = Status(code=Code.UNKNOWN, message=str(exc) or type(exc).__name__)
+        if payload is None:
+            return False
+        self._send_soon(self._serve_conn, self._response(stream_id, method, status, payload))
+        return True
+
+    def _response(
+        self, stream_id: int, method: str, status: Status | None, payload: bytes
+    ) -> bytes:
+        """The encoded ttrpc response; RESOURCE_EXHAUSTED instead of one over 4 MiB."""
+        body = bytes(Response(status=status)) if status is not None else ttrpc_response(payload)
+        if len(body) > ttrpc.MAX_MESSAGE_LENGTH:
+            log.error(
+                "%s: response to %s is %d bytes, over the ttrpc limit",
+                self._name,
+                method,
+                len(body),
+            )
+            status = Status(
+                code=Code.RESOURCE_EXHAUSTED, message=f"response of {len(body)} bytes exceeds 4 MiB"
+            )
+            body = bytes(Response(status=status))
+        return ttrpc.encode(stream_id, MessageType.RESPONSE, body)
+
+    async def _serve_one(self, msg: ttrpc.Message, request: TtrpcRequest | None = None) -> None:
         task = trio.lowlevel.current_task()
         self._handler_tasks.add(task)
         try:
-            try:
-                request = read_ttrpc_request(msg.body)
-            except Exception as exc:
-                await self._reply_error(
-                    msg.stream_id, Code.INVALID_ARGUMENT, f"undecodable ttrpc request: {exc}"
-                )
-                return
+            if request is None:
+                try:
+                    request = read_ttrpc_request(msg.body)
+                except Exception as exc:
+                    await self._reply_error(
+                        msg.stream_id, Code.INVALID_ARGUMENT, f"undecodable ttrpc request: {exc}"
+                    )
+                    return
             method = f"{request.service}/{request.method}"
             timeout = request.timeout_nano / 1e9 if request.timeout_nano > 0 else math.inf
             payload = b""
@@ -295,22 +388,8 @@ class MuxConnection:
                     timeout,
                 )
                 return
-            body = bytes(Response(status=status)) if status is not None else ttrpc_response(payload)
-            if len(body) > ttrpc.MAX_MESSAGE_LENGTH:
-                log.error(
-                    "%s: response to %s is %d bytes, over the ttrpc limit",
-                    self._name,
-                    method,
-                    len(body),
-                )
-                await self._reply_error(
-                    msg.stream_id,
-                    Code.RESOURCE_EXHAUSTED,
-                    f"response of {len(body)} bytes exceeds 4 MiB",
-                )
-                return
             await self._send(
-                self._serve_conn, ttrpc.encode(msg.stream_id, MessageType.RESPONSE, body)
+                self._serve_conn, self._response(msg.stream_id, method, status, payload)
             )
         except ConnectionClosedError:
             pass
@@ -408,13 +487,13 @@ class MuxConnection:
 
     async def _send(self, conn_id: int, message: bytes) -> None:
         data = mux.encode_message(conn_id, message)
-        # Uncontended (the usual case) the lock is taken without a scheduler round trip; the
-        # write itself checkpoints. Contended, this waits (and can be cancelled) as before.
+        # Uncontended (the usual case) the lock is taken without a scheduler round trip.
+        # Contended, this waits (and can be cancelled) as before.
         lock = self._write_lock
-        if lock.locked():
-            await lock.acquire()
-        else:
+        if lock.value:
             lock.acquire_nowait()
+        else:
+            await lock.acquire()
         try:
             if self._close_reason:
                 raise ConnectionClosedError(self._close_reason)
@@ -422,9 +501,62 @@ class MuxConnection:
         finally:
             lock.release()
 
+    def _send_soon(self, conn_id: int, message: bytes) -> None:
+        """Send ``message`` without awaiting: written at once when the socket is free and takes
+        it, otherwise finished (or sent) by a task of the connection's nursery, in one piece."""
+        assert self._nursery is not None
+        data = mux.encode_message(conn_id, message)
+        lock = self._write_lock
+        if self._fd is None or not lock.value or self._close_reason:
+            self._nursery.start_soon(self._send_quietly, data, False)
+            return
+        lock.acquire_nowait()
+        try:
+            written = self._write_fd(data)
+        except ConnectionClosedError:
+            lock.release()
+            return
+        if written == len(data):
+            lock.release()
+        else:  # the socket buffer is full: a task finishes the frame, then releases the lock
+            self._nursery.start_soon(self._send_quietly, data[written:], True)
+
+    async def _send_quietly(self, data: bytes, locked: bool) -> None:
+        """Write ``data`` under the lock (already held when ``locked``); a closed connection
+        is not an error here."""
+        lock = self._write_lock
+        try:
+            if not locked:
+                await lock.acquire()
+                locked = True
+            if not self._close_reason:
+                await self._write(data)
+        except ConnectionClosedError:
+            pass
+        finally:
+            if locked:
+                lock.release()
+
+    def _write_fd(self, data: bytes) -> int:
+        """Write what the socket takes now, without waiting; the number of bytes written.
+        A failed write closes the connection (:class:`ConnectionClosedError`)."""
+        assert self._fd is not None
+        try:
+            return os.write(self._fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            self.close(f"write failed: {exc!r}")
+            raise ConnectionClosedError(self._close_reason) from exc
+
     async def _write(self, data: bytes) -> None:
         """Write under the lock; any failure or cancellation mid-write closes the connection,
         and so does a peer that does not take the bytes within ``write_timeout`` seconds."""
+        if self._fd is not None:
+            written = self._write_fd(data)
+            if written == len(data):
+                return
+            data = data[written:]
         with trio.move_on_after(self._write_timeout) as scope:
             try:
                 await self._stream.send_all(data)

@@ -9,7 +9,9 @@ the plugin refuses it with an error). Return updates in the response instead.
 
 A handler that also implements :class:`LazyCreateHandler` gets CreateContainer as a
 :class:`~dracpu.nri.lazy.CreateRequestView` and answers with encoded bytes (the hot path, see
-``docs/dev/protocols.md``); every other handler and request goes through betterproto2.
+``docs/dev/protocols.md``); every other handler and request goes through betterproto2. One
+that also implements :class:`SyncCreateHandler` may answer CreateContainer synchronously, in
+the connection's read loop, with no task of its own.
 """
 
 from __future__ import annotations
@@ -98,4 +100,16 @@ class LazyCreateHandler(Protocol):
 
     async def create_container_view(self, request: CreateRequestView) -> bytes:
         """Return the encoded CreateContainerResponse for the new container."""
+        ...
+
+
+@runtime_checkable
+class SyncCreateHandler(Protocol):
+    """The fastest CreateContainer path: answered in the connection's read loop, with no task,
+    no deadline scope and no scheduler round trip, when nothing else is in flight."""
+
+    def create_container_now(self, request: CreateRequestView) -> bytes | None:
+        """The encoded CreateContainerResponse if it can be decided now without awaiting, else
+        None (the request then goes to :meth:`LazyCreateHandler.create_container_view`). It
+        must not block: it runs in the read loop. Raises as ``create_container`` does."""
         ...

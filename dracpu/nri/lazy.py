@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from dracpu.core.cpuset import CpuSet
 from dracpu.core.pinning import ContainerUpdate
 from dracpu.nri import translate
-from dracpu.protowire import check_message
+from dracpu.protowire import Wanted, check_message
 from generated.nri.pkg.api import v1alpha1 as api
 from generated.ttrpc import Request
 
@@ -140,70 +140,76 @@ def _last_span(found: dict[int, list[tuple[int, int]]], number: int) -> tuple[in
     return spans[-1] if spans else None
 
 
-_POD_FIELDS = frozenset({1, 2, 3, 4})  # id, name, uid, namespace
-_CTR_FIELDS = frozenset({1, 2, 3, 8, 11})  # id, pod_sandbox_id, name, env, linux
-_ONE, _TWO, _THREE, _SIX = frozenset({1}), frozenset({2}), frozenset({3}), frozenset({6})
+_CREATE_WANTED: Wanted = {
+    api.CreateContainerRequest: frozenset({1, 2}),  # pod, container
+    api.PodSandbox: frozenset({1, 2, 3, 4}),  # id, name, uid, namespace
+    api.Container: frozenset({1, 2, 3, 8, 11}),  # id, pod_sandbox_id, name, env, linux
+    api.LinuxContainer: frozenset({3}),  # resources
+    api.LinuxResources: frozenset({2}),  # cpu
+    api.LinuxCpu: frozenset({6}),  # cpus
+}
+_REQUEST_WANTED: Wanted = {Request: frozenset({1, 2, 3, 4})}  # service, method, payload, timeout
+_NOWHERE = (-1, -1)
 
 
 def read_create_request(payload: bytes) -> CreateRequestView:
-    """The policy's fields of a CreateContainerRequest, after the strict check of the whole
+    """The policy's fields of a CreateContainerRequest, found by the strict check of the whole
     payload; raises :class:`~dracpu.protowire.MalformedMessageError` as ``parse_strict`` would."""
-    check_message(api.CreateContainerRequest, payload, utf8=True)
-    top = _scan(payload, 0, len(payload), frozenset({1, 2}))
-    pod: dict[int, list[tuple[int, int]]] = {}
-    ctr: dict[int, list[tuple[int, int]]] = {}
-    if (span := _last_span(top, 1)) is not None:
-        pod = _scan(payload, span[0], span[1], _POD_FIELDS)
-    if (span := _last_span(top, 2)) is not None:
-        ctr = _scan(payload, span[0], span[1], _CTR_FIELDS)
-    cpus = ""
-    linux = _last_span(ctr, 11)
-    if linux is not None:
-        resources = _last_span(_scan(payload, linux[0], linux[1], _THREE), 3)
-        if resources is not None:
-            cpu = _last_span(_scan(payload, resources[0], resources[1], _TWO), 2)
-            if cpu is not None:
-                cpus = _last(payload, _scan(payload, cpu[0], cpu[1], _SIX), 6)
+    spans = check_message(api.CreateContainerRequest, payload, utf8=True, wanted=_CREATE_WANTED)
+    # (class, where its message starts, field) -> the last occurrence's value. Keyed by the
+    # start, only the fields of the last pod, container, ... count: betterproto2 replaces a
+    # repeated nested message, it does not merge it. LinuxResources and LinuxCpu also occur
+    # under the pod; the chain of starts below picks the container's.
+    last: dict[tuple[type, int, int], tuple[int, int]] = {}
+    envs: dict[int, list[tuple[int, int]]] = {}
+    for cls, at, number, s, e in spans:
+        if number == 8 and cls is api.Container:
+            envs.setdefault(at, []).append((s, e))
+        else:
+            last[cls, at, number] = (s, e)
+    pod = last.get((api.CreateContainerRequest, 0, 1), _NOWHERE)[0]
+    ctr_at = last.get((api.CreateContainerRequest, 0, 2), _NOWHERE)[0]
+    linux = last.get((api.Container, ctr_at, 11), _NOWHERE)[0]
+    resources = last.get((api.LinuxContainer, linux, 3), _NOWHERE)[0]
+    cpu = last.get((api.LinuxResources, resources, 2), _NOWHERE)[0]
+
+    def text(cls: type, at: int, number: int) -> str:
+        span = last.get((cls, at, number))
+        return payload[span[0] : span[1]].decode() if span is not None else ""
+
     return CreateRequestView(
-        pod_id=_last(payload, pod, 1),
-        pod_uid=_last(payload, pod, 3),
-        pod_name=_last(payload, pod, 2),
-        pod_namespace=_last(payload, pod, 4),
-        container_id=_last(payload, ctr, 1),
-        container_name=_last(payload, ctr, 3),
-        container_pod_sandbox_id=_last(payload, ctr, 2),
-        env=tuple(payload[s:e].decode() for s, e in ctr.get(8, ())),
-        cpus=cpus,
+        pod_id=text(api.PodSandbox, pod, 1),
+        pod_uid=text(api.PodSandbox, pod, 3),
+        pod_name=text(api.PodSandbox, pod, 2),
+        pod_namespace=text(api.PodSandbox, pod, 4),
+        container_id=text(api.Container, ctr_at, 1),
+        container_name=text(api.Container, ctr_at, 3),
+        container_pod_sandbox_id=text(api.Container, ctr_at, 2),
+        env=tuple(payload[s:e].decode() for s, e in envs.get(ctr_at, ())),
+        cpus=text(api.LinuxCpu, cpu, 6),
     )
 
 
+def _text(buf: bytes, found: dict[int, tuple[int, int]], number: int) -> str:
+    span = found.get(number)
+    return buf[span[0] : span[1]].decode() if span is not None else ""
+
+
 def read_ttrpc_request(body: bytes) -> TtrpcRequest:
-    """A ttrpc Request's service, method, payload and timeout, after the strict check;
+    """A ttrpc Request's service, method, payload and timeout, found by the strict check;
     raises :class:`~dracpu.protowire.MalformedMessageError`."""
-    check_message(Request, body, utf8=True)
-    found: dict[int, list[tuple[int, int]]] = {}
+    found: dict[int, tuple[int, int]] = {}
+    for _, _, number, s, e in check_message(Request, body, utf8=True, wanted=_REQUEST_WANTED):
+        found[number] = (s, e)  # one message: the last occurrence wins
     timeout = 0
-    i, end = 0, len(body)
-    while i < end:
-        tag, i = _varint(body, i)
-        wire = tag & 7
-        if wire == 2:
-            size, i = _varint(body, i)
-            found.setdefault(tag >> 3, []).append((i, i + size))
-            i += size
-        elif wire == 0:
-            value, i = _varint(body, i)
-            if tag >> 3 == 4:
-                timeout = value - (1 << 64) if value >= 1 << 63 else value  # int64
-        elif wire == 1:
-            i += 8
-        else:
-            i += 4
-    span = _last_span(found, 3)
+    if 4 in found:
+        value = _varint(body, found[4][0])[0]
+        timeout = value - (1 << 64) if value >= 1 << 63 else value  # int64
+    payload = found.get(3)
     return TtrpcRequest(
-        service=_last(body, found, 1),
-        method=_last(body, found, 2),
-        payload=body[span[0] : span[1]] if span is not None else b"",
+        service=_text(body, found, 1),
+        method=_text(body, found, 2),
+        payload=body[payload[0] : payload[1]] if payload is not None else b"",
         timeout_nano=timeout,
     )
 

@@ -29,8 +29,8 @@ from dracpu.errors import InvalidValueError, ProtocolError
 from dracpu.nri.connection import FRAME_TIMEOUT, WRITE_TIMEOUT, MuxConnection
 from dracpu.nri.errors import ConnectionClosedError, RpcStatusError
 from dracpu.nri.events import DEFAULT_EVENTS, SUBSCRIBABLE, events_of, mask_of, runtime_valid_mask
-from dracpu.nri.handler import LazyCreateHandler, NriHandler, RuntimeInfo
-from dracpu.nri.lazy import read_create_request
+from dracpu.nri.handler import LazyCreateHandler, NriHandler, RuntimeInfo, SyncCreateHandler
+from dracpu.nri.lazy import CreateRequestView, read_create_request
 from dracpu.nri.ttrpc import Code
 from dracpu.protowire import MalformedMessageError, parse_strict
 from generated.nri.pkg.api import v1alpha1 as api
@@ -76,6 +76,14 @@ def _decode(kind: type[_M], payload: bytes, method: str) -> _M:
     are refused with INVALID_ARGUMENT instead of decoded leniently."""
     try:
         return parse_strict(kind, payload)
+    except MalformedMessageError as exc:
+        raise RpcStatusError(Code.INVALID_ARGUMENT, f"undecodable {method} request: {exc}") from exc
+
+
+def _read_view(payload: bytes, method: str) -> CreateRequestView:
+    """The lazy, strict read of a CreateContainerRequest; INVALID_ARGUMENT when malformed."""
+    try:
+        return read_create_request(payload)
     except MalformedMessageError as exc:
         raise RpcStatusError(Code.INVALID_ARGUMENT, f"undecodable {method} request: {exc}") from exc
 
@@ -151,6 +159,9 @@ class NriPlugin:
             )
         self._handler = handler
         self._lazy = handler if isinstance(handler, LazyCreateHandler) else None
+        self._sync = (
+            handler if self._lazy is not None and isinstance(handler, SyncCreateHandler) else None
+        )
         self._name = name
         self._index = index
         self._socket_path = socket_path
@@ -220,6 +231,7 @@ class NriPlugin:
                     name=f"nri {self.name}",
                     frame_timeout=self._frame_timeout,
                     write_timeout=self._write_timeout,
+                    serve_now=self._serve_now if self._sync is not None else None,
                 )
                 session = _Session(conn)
                 self._session = session
@@ -297,6 +309,22 @@ class NriPlugin:
             if self.on_request is not None:
                 self.on_request(method, time.perf_counter() - began)
 
+    def _serve_now(self, service: str, method: str, payload: bytes) -> bytes | None:
+        """CreateContainer answered in the read loop when the handler can decide it at once
+        (:class:`SyncCreateHandler`); None for every other request, or when it cannot."""
+        if service != PLUGIN_SERVICE or method != "CreateContainer" or self._session is None:
+            return None
+        assert self._sync is not None
+        began = time.perf_counter()
+        answered = True
+        try:
+            answer = self._sync.create_container_now(_read_view(payload, method))
+            answered = answer is not None
+            return answer
+        finally:
+            if answered and self.on_request is not None:
+                self.on_request(method, time.perf_counter() - began)
+
     async def _dispatch(self, service: str, method: str, payload: bytes) -> bytes:
         """Dispatch one Plugin-service request of the current session."""
         session = self._session
@@ -318,13 +346,7 @@ class NriPlugin:
                 return b""
             case "CreateContainer":
                 if self._lazy is not None:
-                    try:
-                        view = read_create_request(payload)
-                    except MalformedMessageError as exc:
-                        raise RpcStatusError(
-                            Code.INVALID_ARGUMENT, f"undecodable {method} request: {exc}"
-                        ) from exc
-                    return await self._lazy.create_container_view(view)
+                    return await self._lazy.create_container_view(_read_view(payload, method))
                 req = _decode(api.CreateContainerRequest, payload, method)
                 rsp = await h.create_container(
                     _pod(req.pod, method) or api.PodSandbox(),

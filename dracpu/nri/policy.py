@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import trio
@@ -43,6 +44,7 @@ __all__ = [
     "POLICY_EVENTS",
     "ContainerRejectedError",
     "ContainerUpdater",
+    "Decided",
     "Decider",
     "PolicyHandler",
     "StepDecider",
@@ -88,6 +90,18 @@ class Decider(Protocol):
         """
         ...
 
+    def try_apply(self, event: node.Event) -> Decided | None:
+        """Apply ``event`` now, in the calling task, when that cannot interleave with another
+        transition and needs no await; None when it must go through :meth:`apply`."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """An event applied at once by :meth:`Decider.try_apply`: its reply effect (or None)."""
+
+    reply: node.Effect | None
+
 
 class StepDecider:
     """A :class:`Decider` over an in-memory state: ``step`` and keep the result.
@@ -114,6 +128,10 @@ class StepDecider:
     async def apply(self, event: node.Event) -> node.Effect | None:
         """:meth:`apply_now`; cancellation cannot interrupt it (no await)."""
         return self.apply_now(event)
+
+    def try_apply(self, event: node.Event) -> Decided:
+        """:meth:`apply_now`, which is always possible here."""
+        return Decided(self.apply_now(event))
 
     def apply_now(self, event: node.Event) -> node.Effect | None:
         """Step, store, hand on updates; return the reply effect."""
@@ -205,7 +223,19 @@ class PolicyHandler:
         the encoded response out (each cpuset's adjustment and update body encoded once).
         Raises and cancels as :meth:`create_container` does."""
         info = translate.view_info(request, kind_of=self.kind_of)
-        reply = await self.decider.apply(node.ContainerCreated(info))
+        return self._encode_created(info, await self.decider.apply(node.ContainerCreated(info)))
+
+    def create_container_now(self, request: CreateRequestView) -> bytes | None:
+        """:meth:`create_container_view` in the connection's read loop, when the decider can
+        apply the event at once (:meth:`Decider.try_apply`); None otherwise."""
+        info = translate.view_info(request, kind_of=self.kind_of)
+        decided = self.decider.try_apply(node.ContainerCreated(info))
+        if decided is None:
+            return None
+        return self._encode_created(info, decided.reply)
+
+    def _encode_created(self, info: ContainerInfo, reply: node.Effect | None) -> bytes:
+        """The encoded answer to a creation, or :class:`ContainerRejectedError`."""
         if isinstance(reply, node.RejectContainer):
             _log.warning("rejected %s: %s", info, reply.reason)
             raise ContainerRejectedError(reply.reason)

@@ -53,7 +53,10 @@ async def test_fallback_then_nri_then_fallback(
             async with trio.open_nursery() as runtime:
                 peer = await open_peer(runtime, nri_peer_binary)
                 await peer.command("add-pod", pod="p1")
+                start = len(peer.events)
                 await peer.command("start", socket=socket_path)
+                # The runtime side counts the plugin only once it has synchronized.
+                await peer.wait_log("connected and synchronized", start=start)
                 await until(
                     lambda: enforcement.active == "nri" and enforcement.fallback is None,
                     "NRI to take over and the fallback to stop",

@@ -6,10 +6,12 @@ machines from tests/support/topologies.py for offline-CPU cases.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
+from dracpu.core import node as node_module
 from dracpu.core.allocator import AllocationOptions
 from dracpu.core.cdi import env_entry
 from dracpu.core.claims import ClaimRef
@@ -37,7 +39,7 @@ from dracpu.core.node import (
     snapshot,
     step,
 )
-from dracpu.core.slices import DeviceMode, GroupBy
+from dracpu.core.slices import DeviceMode, GroupBy, build_slice_specs
 from dracpu.core.topology import Topology
 from dracpu.errors import InvalidValueError
 from dracpu.sysfs import read_topology
@@ -432,3 +434,58 @@ def test_grouped_result_without_consumed_capacity() -> None:
     state = machine_state()
     _, _, results = prepare(state, parsed("a", [individual("cpudevmachine")]))
     assert "consumed capacity dra.cpu/cpu is missing" in error_of(results["a"])
+
+
+# --- a restart with another device mode --------------------------------------------------------
+
+
+def _devices_of(state: NodeState, hidden: CpuSet) -> dict[str, dict[str, object]]:
+    options = dataclasses.replace(state.config.slice_options(), hidden=hidden)
+    return {
+        d["name"]: d for spec in build_slice_specs(state.topology, options) for d in spec["devices"]
+    }
+
+
+def test_grouped_claim_after_a_switch_to_individual_hides_its_cpus() -> None:
+    topology = make_topology(sockets=1, numa_per_socket=1, cores_per_numa=4, threads=1)
+    before = state_of(topology)
+    before, _, results = prepare(before, parsed("old", [grouped("cpudevnuma000", 2)]))
+    held = cpus_of(results["old"])
+    assert node_module.unaccounted_held(before) == CpuSet()
+
+    after = restore(snapshot(before), topology, NodeConfig(pool=POOL, mode=DeviceMode.INDIVIDUAL))
+    assert node_module.unaccounted_held(after) == held
+    published = _devices_of(after, node_module.unaccounted_held(after))
+    offered = {name for name, cpus in after.devices.items() if cpus <= held}
+    assert offered
+    assert offered.isdisjoint(published)
+    assert len(published) == len(after.devices) - len(held)
+    # A free individual device is still prepared; releasing the old claim reveals its CPUs.
+    free = next(n for n in published)
+    after, _, results = prepare(after, parsed("new", [individual(free)]))
+    assert cpus_of(results["new"]).isdisjoint(held)
+    assert node_module.unaccounted_held(after) == held
+    after, effects = unprepare(after, "old")
+    assert RepublishSlices("CPUs of a claim from before a device-mode switch") in effects
+    assert node_module.unaccounted_held(after) == CpuSet()
+    assert len(_devices_of(after, CpuSet())) == len(after.devices)
+    # Releasing a claim that was never hidden does not republish.
+    _, effects = unprepare(after, "new")
+    assert not any(isinstance(e, RepublishSlices) for e in effects)
+
+
+def test_individual_claim_after_a_switch_to_grouped_shrinks_capacity() -> None:
+    topology = make_topology(sockets=1, numa_per_socket=2, cores_per_numa=4, threads=1)
+    before = state_of(topology, mode=DeviceMode.INDIVIDUAL)
+    before, _, results = prepare(before, parsed("old", [individual("cpudev001")]))
+    held = cpus_of(results["old"])
+    after = restore(snapshot(before), topology, NodeConfig(pool=POOL))
+    assert node_module.unaccounted_held(after) == held
+    published = _devices_of(after, node_module.unaccounted_held(after))
+    for name, cpus in after.devices.items():
+        capacity = published[name]["capacity"]
+        assert isinstance(capacity, dict)
+        assert capacity["dra.cpu/cpu"] == {"value": str(len(cpus - held))}
+    # Grouped allocations made in the new mode are accounted for and hide nothing.
+    after, _, results = prepare(after, parsed("new", [grouped("cpudevnuma001", 2)]))
+    assert node_module.unaccounted_held(after) == held

@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import tarfile
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -164,11 +163,9 @@ async def test_hotplug_from_real_uevents(
     generation = pool_generation(fake)
     # CPU 5 goes offline in the overlay; the kernel's uevent makes the daemon re-read it.
     set_online(root, "0-4,6-15", cpu=5, online=False)
-    began = time.perf_counter()
+    # (How fast: `just bench-hotplug`; this checks only that it happens.)
     await trio.to_thread.run_sync(kernel_uevent)
     await wait_for(lambda: slice_cpus(fake, "cpudevnuma001") == 7, 5)
-    took = time.perf_counter() - began
-    assert took <= 1.0, f"uevent -> republished slices took {took:.3f} s"
     assert pool_generation(fake) > generation
     # An offline CPU is never handed out.
     r.put_claim(claim("u1", [grouped("req", "cpudevnuma001", 7)]))

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import threading
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -14,6 +17,7 @@ from dracpu.cdi import CdiDir
 from dracpu.checkpoint import CheckpointStore
 from dracpu.core import node
 from dracpu.core.claims import Claim, ClaimRef, DeviceResult
+from dracpu.core.pinning import ContainerInfo, PodInfo
 from dracpu.daemon.owner import Applied, Owner
 from dracpu.daemon.run import supervise
 from tests.support.topologies import make_topology
@@ -147,3 +151,82 @@ async def test_events_queued_together_share_one_checkpoint_write(tmp_path: Path)
     assert body is not None
     assert sorted(c["uid"] for c in body["claims"]) == sorted(r.uid for r in refs)
     assert CdiDir(tmp_path / "cdi").read_all() == {r.uid: o.state.claims[r.uid].cpus for r in refs}
+
+
+class GatedCheckpoint(CheckpointStore):
+    """A checkpoint store whose writes wait (in the owner's worker thread) for ``gate``."""
+
+    def __init__(self, state_dir: Path) -> None:
+        super().__init__(state_dir, durable=False)
+        self.gate = threading.Event()
+        self.writing = threading.Event()
+
+    def write(self, body: Mapping[str, Any]) -> None:
+        self.writing.set()
+        self.gate.wait(10)
+        super().write(body)
+
+
+SHARED = node.ContainerCreated(ContainerInfo(PodInfo("pod-s"), "s1", "app"))
+
+
+def test_try_apply_now_applies_a_container_event_at_once(tmp_path: Path) -> None:
+    o = owner(tmp_path)
+    applied = o.try_apply_now(SHARED)
+    assert applied is not None
+    assert isinstance(applied.reply, node.AdjustContainer)
+    assert "s1" in o.state.containers
+    assert o.checkpoint.writes == 0
+
+
+def test_try_apply_now_leaves_events_that_need_a_checkpoint_to_the_owner(tmp_path: Path) -> None:
+    o = owner(tmp_path)
+    before = o.state
+    assert o.try_apply_now(node.Prepare((REF,), {"u1": CLAIM})) is None
+    assert o.state is before
+    assert o.checkpoint.writes == 0
+
+
+async def test_try_apply_now_never_overtakes_a_queued_or_running_group(tmp_path: Path) -> None:
+    store = GatedCheckpoint(tmp_path / "state")
+    o = Owner(
+        node.NodeState.initial(TOPOLOGY, CONFIG), checkpoint=store, cdi=CdiDir(tmp_path / "cdi")
+    )
+    results: list[Applied] = []
+    prepared = trio.Event()
+
+    async def prepare() -> None:
+        results.append(await o.apply(node.Prepare((REF,), {"u1": CLAIM})))
+        prepared.set()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(prepare)
+            await trio.testing.wait_all_tasks_blocked()
+            assert o.try_apply_now(SHARED) is None  # queued, the owner not running yet
+            await nursery.start(o.run)
+            await trio.to_thread.run_sync(store.writing.wait, 10)
+            assert o.try_apply_now(SHARED) is None  # the group's write is in flight
+            assert "s1" not in o.state.containers
+            store.gate.set()
+            await prepared.wait()
+            applied = o.try_apply_now(SHARED)  # idle again
+            nursery.cancel_scope.cancel()
+    assert applied is not None
+    assert isinstance(applied.reply, node.AdjustContainer)
+    assert "u1" in o.state.claims
+    assert "s1" in o.state.containers
+
+
+async def test_a_send_cancelled_before_queueing_does_not_block_try_apply_now(
+    tmp_path: Path,
+) -> None:
+    o = Owner(
+        node.NodeState.initial(TOPOLOGY, CONFIG),
+        checkpoint=CheckpointStore(tmp_path / "state", durable=False),
+        cdi=CdiDir(tmp_path / "cdi"),
+        queue=0,  # every send waits for the owner task, which is not running
+    )
+    with trio.move_on_after(0.05):
+        await o.apply(SHARED)
+    assert o.try_apply_now(SHARED) is not None

@@ -64,6 +64,15 @@ unknown_field = st.one_of(
 )
 unknowns = st.lists(unknown_field, max_size=3).map(b"".join)
 
+cpus_text = st.one_of(st.just(""), text, st.sampled_from(["0-3", "2,4-7", "1"]))
+# The pod carries LinuxResources/LinuxCpu too: the reader must take the container's cpuset.
+pod_resources = st.one_of(
+    st.none(),
+    st.builds(
+        api.LinuxResources,
+        cpu=st.one_of(st.none(), st.builds(api.LinuxCpu, cpus=cpus_text, mems=text)),
+    ),
+)
 pods = st.builds(
     api.PodSandbox,
     id=text,
@@ -74,8 +83,17 @@ pods = st.builds(
     annotations=st.dictionaries(text, text, max_size=3),
     pid=st.integers(0, 2**32 - 1),
     ips=st.lists(text, max_size=2),
+    linux=st.one_of(
+        st.none(),
+        st.builds(
+            api.LinuxPodSandbox,
+            pod_overhead=pod_resources,
+            pod_resources=pod_resources,
+            resources=pod_resources,
+            cgroup_parent=text,
+        ),
+    ),
 )
-cpus_text = st.one_of(st.just(""), text, st.sampled_from(["0-3", "2,4-7", "1"]))
 linux = st.builds(
     api.LinuxContainer,
     resources=st.one_of(

@@ -23,10 +23,20 @@ class LazyRecordingHandler(RecordingHandler):
         return b""
 
 
-def _create_request() -> bytes:
+class SyncRecordingHandler(LazyRecordingHandler):
+    """Also answers CreateContainer in the read loop, except for containers named "later"."""
+
+    def create_container_now(self, request: CreateRequestView) -> bytes | None:
+        if request.container_name == "later":
+            return None
+        self.calls.append(("create now", request.container_id))
+        return b""
+
+
+def _create_request(name: str = "ctr") -> bytes:
     request = api.CreateContainerRequest(
         pod=api.PodSandbox(id="pod-1", name="pod", namespace="ns"),
-        container=api.Container(id="container-1", name="ctr", pod_sandbox_id="pod-1"),
+        container=api.Container(id="container-1", name=name, pod_sandbox_id="pod-1"),
     )
     return bytes(request)
 
@@ -42,11 +52,15 @@ def _create_request() -> bytes:
     ],
     ids=lambda v: v if isinstance(v, str) else "",
 )
-@pytest.mark.parametrize("lazy", [False, True], ids=["betterproto2", "lazy"])
+@pytest.mark.parametrize("path", ["betterproto2", "lazy", "sync"])
 async def test_malformed_create_container_is_invalid_argument(
-    payload: bytes, why: str, lazy: bool
+    payload: bytes, why: str, path: str
 ) -> None:
-    handler = LazyRecordingHandler() if lazy else RecordingHandler()
+    handler = {
+        "betterproto2": RecordingHandler,
+        "lazy": LazyRecordingHandler,
+        "sync": SyncRecordingHandler,
+    }[path]()
     with trio.fail_after(5):
         async with trio.open_nursery() as nursery:
             _, runtime = await plugin_with_fake_runtime(nursery, handler)
@@ -59,4 +73,18 @@ async def test_malformed_create_container_is_invalid_argument(
             nursery.cancel_scope.cancel()
     assert err.value.code == Code.INVALID_ARGUMENT, why
     assert "malformed" in err.value.status_message
-    assert handler.calls == [("create", "container-1")]
+    kind = "create now" if path == "sync" else "create"
+    assert handler.calls == [(kind, "container-1")]
+
+
+async def test_a_create_not_decided_now_goes_to_the_lazy_path() -> None:
+    handler = SyncRecordingHandler()
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            _, runtime = await plugin_with_fake_runtime(nursery, handler)
+            await runtime.configure()
+            await runtime.synchronize([])
+            await runtime.conn.call(PLUGIN, "CreateContainer", _create_request("later"))
+            await runtime.conn.call(PLUGIN, "CreateContainer", _create_request())
+            nursery.cancel_scope.cancel()
+    assert handler.calls == [("create", "container-1"), ("create now", "container-1")]
