@@ -17,6 +17,10 @@ the kubelet's retry gets the same CPUs and rewrites the spec.
 
 ``crash_at`` (tests only, from ``DRACPU_TEST_CRASH_AT``) makes the process exit at once with
 status 86 at an effect boundary: ``after-checkpoint``, ``after-cdi`` or ``before-reply``.
+``POINT@EVENT`` crashes there only while applying an event of that class of
+:mod:`dracpu.core.node` (``Prepare``, ``Unprepare``, ``ContainerCreated``, ...), so a chaos run
+can kill the daemon mid-unprepare or inside an NRI handler without crashing on the first
+Synchronize. Unset (the default), nothing is checked.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import dataclasses
 import logging
 import os
 import time
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, cast
@@ -38,12 +43,13 @@ from dracpu.core import node
 from dracpu.errors import DracpuError
 from dracpu.memory_cdi import MemoryCdiDir
 
-__all__ = ["CRASH_EXIT_STATUS", "CRASH_POINTS", "Applied", "EffectTimes", "Owner"]
+__all__ = ["CRASH_EVENTS", "CRASH_EXIT_STATUS", "CRASH_POINTS", "Applied", "EffectTimes", "Owner"]
 
 _log = logging.getLogger(__name__)
 
 CRASH_POINTS = ("after-checkpoint", "after-cdi", "before-reply")
 CRASH_EXIT_STATUS = 86
+CRASH_EVENTS = tuple(t.__name__ for t in typing.get_args(node.Event))
 
 Reply = (
     node.ReplyPrepare
@@ -100,8 +106,7 @@ class Owner:
         queue: int = 256,
         max_group: int = 128,
     ) -> None:
-        if crash_at is not None and crash_at not in CRASH_POINTS:
-            raise DracpuError(f"crash point {crash_at!r} is not one of {', '.join(CRASH_POINTS)}")
+        self.crash_at, self.crash_on = _parse_crash_at(crash_at)
         self._state = state
         self.checkpoint = checkpoint
         self.cdi = cdi
@@ -111,7 +116,6 @@ class Owner:
         self.on_containers = on_containers
         self.on_checkpoint_written: Callable[[float], None] = lambda _: None
         """Called with the seconds of each successful checkpoint write (metrics; any thread)."""
-        self.crash_at = crash_at
         self.max_group = max_group
         self.times = EffectTimes()
         self._send, self._receive = trio.open_memory_channel[
@@ -154,7 +158,7 @@ class Owner:
                     error = None
                     if body is not None:
                         error = await trio.to_thread.run_sync(self._write_checkpoint, body)
-                results = self._finish_group(state, steps, error, body is not None)
+                results = self._finish_group(events, state, steps, error, body is not None)
                 for (_, reply_to), applied in zip(batch, results, strict=True):
                     # If the caller was cancelled, the kubelet retries and gets the same answer.
                     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
@@ -194,14 +198,14 @@ class Owner:
         if any(isinstance(e, node.WriteCheckpoint) for e in effects):
             return None
         self._state = state
-        return self._run_effects(state, effects)
+        return self._run_effects(event, state, effects)
 
     def apply_now(self, event: node.Event) -> Applied:
         """Apply one event in the calling task (start-up before any server runs, tests).
         Synchronous: nothing can interleave."""
         state, steps, body = self._step_group([event])
         error = self._write_checkpoint(body) if body is not None else None
-        return self._finish_group(state, steps, error, body is not None)[0]
+        return self._finish_group([event], state, steps, error, body is not None)[0]
 
     def _step_group(
         self, events: Sequence[node.Event]
@@ -233,6 +237,7 @@ class Owner:
 
     def _finish_group(
         self,
+        events: Sequence[node.Event],
         state: node.NodeState,
         steps: list[tuple[node.Effect, ...]],
         error: str | None,
@@ -243,10 +248,15 @@ class Owner:
             return [Applied(reply=None, error=error) for _ in steps]
         self._state = state  # Durable now (or nothing needed persisting): this is the truth.
         if wrote:
-            self._crash("after-checkpoint")
-        return [self._run_effects(state, effects) for effects in steps]
+            self._crash("after-checkpoint", *events)
+        return [
+            self._run_effects(event, state, effects)
+            for event, effects in zip(events, steps, strict=True)
+        ]
 
-    def _run_effects(self, state: node.NodeState, effects: tuple[node.Effect, ...]) -> Applied:
+    def _run_effects(
+        self, event: node.Event, state: node.NodeState, effects: tuple[node.Effect, ...]
+    ) -> Applied:
         started = time.perf_counter()
         reply: Reply | None = None
         cdi_failed: dict[str, str] = {}
@@ -290,17 +300,34 @@ class Owner:
             else:
                 reply = effect
         if reply is not None:
-            self._crash("after-cdi")
+            self._crash("after-cdi", event)
             reply = _with_cdi_failures(reply, cdi_failed)
-            self._crash("before-reply")
+            self._crash("before-reply", event)
         self.times.total += time.perf_counter() - started
         return Applied(reply=reply, effects=effects)
 
-    def _crash(self, point: str) -> None:
-        if self.crash_at == point:
+    def _crash(self, point: str, *events: node.Event) -> None:
+        if self.crash_at != point:
+            return
+        if self.crash_on is None or any(type(e).__name__ == self.crash_on for e in events):
             _log.critical("test crash point %s reached: exiting now", point)
             logging.shutdown()
             os._exit(CRASH_EXIT_STATUS)
+
+
+def _parse_crash_at(spec: str | None) -> tuple[str | None, str | None]:
+    """``POINT`` or ``POINT@EVENT`` (``DRACPU_TEST_CRASH_AT``) -> (point, event class or None)."""
+    if spec is None:
+        return None, None
+    point, _, event = spec.partition("@")
+    if point not in CRASH_POINTS:
+        raise DracpuError(f"crash point {point!r} is not one of {', '.join(CRASH_POINTS)}")
+    if event and event not in CRASH_EVENTS:
+        raise DracpuError(
+            f"crash event {event!r} (DRACPU_TEST_CRASH_AT={spec!r}) is not one of "
+            f"{', '.join(CRASH_EVENTS)}"
+        )
+    return point, event or None
 
 
 def _with_cdi_failures(reply: Reply, failed: Mapping[str, str]) -> Reply:

@@ -128,6 +128,48 @@ func (n *node) container(id string) (*api.PodSandbox, *api.Container, error) {
 	return n.pods[c.PodSandboxId], c, nil
 }
 
+// apply records the CPU and memory sets of updates on the containers they name, as a runtime
+// does, so a later Synchronize (a plugin reconnecting) reports what the containers run on.
+func (n *node) apply(updates []*api.ContainerUpdate) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, u := range updates {
+		if u == nil {
+			continue
+		}
+		if c, ok := n.containers[u.ContainerId]; ok {
+			setCpu(c, u.GetLinux().GetResources().GetCpu())
+		}
+	}
+}
+
+// setCpu copies the non-empty cpus and mems of cpu onto the container's resources.
+func setCpu(c *api.Container, cpu *api.LinuxCPU) {
+	if cpu == nil || c.Linux == nil || c.Linux.Resources == nil || c.Linux.Resources.Cpu == nil {
+		return
+	}
+	if cpu.Cpus != "" {
+		c.Linux.Resources.Cpu.Cpus = cpu.Cpus
+	}
+	if cpu.Mems != "" {
+		c.Linux.Resources.Cpu.Mems = cpu.Mems
+	}
+}
+
+// listContainers is the "containers" op: every container with its state and current sets.
+func (n *node) listContainers() []map[string]any {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	out := make([]map[string]any, 0, len(n.containers))
+	for _, c := range n.containers {
+		cpu := c.Linux.Resources.Cpu
+		out = append(out, map[string]any{"id": c.Id, "pod": c.PodSandboxId, "name": c.Name,
+			"env": c.Env, "state": c.State.String(), "cpus": cpu.Cpus, "mems": cpu.Mems})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i]["id"].(string) < out[j]["id"].(string) })
+	return out
+}
+
 // command is one stdin line.
 type command struct {
 	Seq  int64  `json:"seq"`
@@ -162,6 +204,7 @@ func (p *peer) syncFn(ctx context.Context, cb adaptation.SyncCB) error {
 		emit(map[string]any{"ev": "sync-failed", "error": err.Error()})
 		return err
 	}
+	p.node.apply(updates)
 	emit(map[string]any{"ev": "synced", "pods": len(pods), "containers": len(ctrs),
 		"updates": pjsonList(updates)})
 	return nil
@@ -174,6 +217,13 @@ func (p *peer) updateFn(_ context.Context, updates []*api.ContainerUpdate) ([]*a
 			failed = append(failed, u)
 		}
 	}
+	applied := make([]*api.ContainerUpdate, 0, len(updates))
+	for _, u := range updates {
+		if !strings.HasPrefix(u.ContainerId, "fail") || u.IgnoreFailure {
+			applied = append(applied, u)
+		}
+	}
+	p.node.apply(applied)
 	emit(map[string]any{"ev": "update-containers", "updates": pjsonList(updates),
 		"failed": len(failed)})
 	if len(failed) > 0 {
@@ -273,6 +323,20 @@ func (p *peer) dispatch(c *command) (any, error) {
 		p.node.pods[c.Pod] = newPod(c.Pod)
 		p.node.mu.Unlock()
 		return map[string]any{}, nil
+	case "containers":
+		return p.node.listContainers(), nil
+	case "add-container":
+		// A running container the runtime already has (one that outlived a runtime restart):
+		// recorded without telling any plugin; a plugin sees it at its next Synchronize.
+		if _, err := p.node.pod(c.Pod); err != nil {
+			return nil, err
+		}
+		ctr := newContainer(c)
+		ctr.State = api.ContainerState_CONTAINER_RUNNING
+		p.node.mu.Lock()
+		p.node.containers[ctr.Id] = ctr
+		p.node.mu.Unlock()
+		return map[string]any{}, nil
 	}
 	if err := p.needAdapt(); err != nil {
 		return nil, err
@@ -294,9 +358,11 @@ func (p *peer) dispatch(c *command) (any, error) {
 		if err != nil {
 			return nil, err
 		}
+		setCpu(ctr, rsp.GetAdjust().GetLinux().GetResources().GetCpu())
 		p.node.mu.Lock()
 		p.node.containers[ctr.Id] = ctr
 		p.node.mu.Unlock()
+		p.node.apply(rsp.GetUpdate())
 		return pjson(rsp), nil
 	case "start-container":
 		pod, ctr, err := p.node.container(c.ID)
@@ -317,6 +383,8 @@ func (p *peer) dispatch(c *command) (any, error) {
 		if err != nil {
 			return nil, err
 		}
+		setCpu(ctr, &api.LinuxCPU{Cpus: c.Cpus, Mems: c.Mems})
+		p.node.apply(rsp.GetUpdate())
 		return pjson(rsp), nil
 	case "stop-container":
 		pod, ctr, err := p.node.container(c.ID)
