@@ -44,7 +44,7 @@ from dracpu.checkpoint import CheckpointStore, CheckpointVersionError
 from dracpu.core import node
 from dracpu.core.claims import ClaimRef
 from dracpu.core.cpuset import CpuSet
-from dracpu.core.memory_prepare import memory_env
+from dracpu.core.memory_prepare import adopt_memory, memory_env
 from dracpu.core.memory_slices import MemoryDevice, MemorySliceOptions
 from dracpu.core.memory_slices import memory_devices as memory_devices_of
 from dracpu.core.slices import build_slice_specs
@@ -92,11 +92,17 @@ HEALTHY_RUN = 60.0
 
 
 def load_state(
-    topology: Topology, config: node.NodeConfig, store: CheckpointStore, cdi: CdiDir
+    topology: Topology,
+    config: node.NodeConfig,
+    store: CheckpointStore,
+    cdi: CdiDir,
+    memory_cdi: MemoryCdiDir | None = None,
 ) -> tuple[node.NodeState, str]:
     """The state to start from, and how it was obtained ("fresh", "checkpoint", "rebuilt").
 
-    Raises :class:`CheckpointVersionError` for a checkpoint of a newer dracpu.
+    Rebuilding adopts CPU claims from the ``dra.cpu`` specs and, with ``memory_cdi``, memory
+    claims from the ``dra.memory`` specs (against ``config.memory_devices``). Raises
+    :class:`CheckpointVersionError` for a checkpoint of a newer dracpu.
     """
     loaded = store.load()
     if loaded.status == "loaded":
@@ -107,26 +113,39 @@ def load_state(
             reason = f"checkpoint {store.path}: {exc}"
             aside = store.keep_aside()
             loaded = dataclasses.replace(loaded, status="corrupt", reason=reason, kept_aside=aside)
-    if loaded.status == "absent" and not cdi.read_all():
+    cpu_specs = cdi.read_all()
+    memory_specs = memory_cdi.read_all() if memory_cdi is not None else {}
+    if loaded.status == "absent" and not cpu_specs and not memory_specs:
         return node.NodeState.initial(topology, config), "fresh"
     # Corrupt, or absent while CDI specs exist: rebuild from the specs (adopted claims).
     claims = []
     held = CpuSet()
-    for uid, cpus in sorted(cdi.read_all().items()):
+    for uid, cpus in sorted(cpu_specs.items()):
         if cpus is None or not cpus or not cpus.isdisjoint(held) or cpus - topology.online:
             continue
         held = held | cpus
         claims.append(node.PreparedClaim(ref=ClaimRef("", "", uid), cpus=cpus, adopted=True))
-    state = node.NodeState.initial(topology, config, claims)
+    memory, skipped = adopt_memory(
+        memory_specs, config.memory_devices, pool=config.pool, origin=f"CDI dir {cdi.root}"
+    )
+    for why in skipped.values():
+        _log.warning("memory claim not adopted (its spec will be removed): %s", why)
+    state = node.NodeState.initial(topology, config, claims, memory.values())
     if loaded.status == "corrupt":
         _log.error(
-            "checkpoint unusable (%s); kept it as %s; rebuilt %d claim(s) from the CDI specs",
+            "checkpoint unusable (%s); kept it as %s; rebuilt %d claim(s) and %d memory "
+            "claim(s) from the CDI specs",
             loaded.reason,
             loaded.kept_aside,
             len(claims),
+            len(memory),
         )
     else:
-        _log.warning("no checkpoint but CDI specs found: adopted %d claim(s)", len(claims))
+        _log.warning(
+            "no checkpoint but CDI specs found: adopted %d claim(s) and %d memory claim(s)",
+            len(claims),
+            len(memory),
+        )
     store.write(node.snapshot(state))
     return state, "rebuilt"
 
@@ -579,8 +598,8 @@ def build_daemon(
     store = CheckpointStore(config.state_dir)
     store.secure_dir()
     cdi = CdiDir(config.cdi_dir)
-    state, kind = load_state(topology, node_config, store, cdi)
     memory_cdi = MemoryCdiDir(config.cdi_dir)
+    state, kind = load_state(topology, node_config, store, cdi, memory_cdi)
     fixed_memory = memory_cdi.reconcile(
         {uid: memory_env(a) for uid, a in state.memory.items() if a.grants}
     )

@@ -187,3 +187,53 @@ async def test_memory_driver_is_off_by_default(
     assert memory_slices(fake) == []
     assert not (root / "kubelet" / "plugins_registry" / "dra.memory-reg.sock").exists()
     r.scope.cancel()
+
+
+async def test_corrupt_checkpoint_rebuilds_memory_claims(
+    nursery: trio.Nursery, env: tuple[Path, FakeApiServer], api: GrpcioApi
+) -> None:
+    """The checkpoint is lost: the memory claim comes back from its CDI spec, the kubelet's
+    retry gets the same answer and names the requests, and the claim is not released."""
+    root, fake = env
+    r = await start(nursery, root, fake, memory_driver=True)
+    r.put_claim(
+        claim(
+            UID,
+            [
+                grouped("cpu", "cpudevnuma001", 2),
+                memory_result("mem", "memory-numa001", "1Gi"),
+                memory_result("hp", "hugepages-2mi-numa001", "8Mi"),
+            ],
+        )
+    )
+    cpus = cpus_of(await r.call(api, "prepare", UID), UID, r)
+    first = await memory_call(r, api, "prepare", UID)
+    assert first.claims[UID].error == ""
+    held = r.daemon.owner.state.memory[UID]
+    r.scope.cancel()
+    await trio.sleep(0.05)
+    (root / "state" / "checkpoint.json").write_text("{garbage")
+
+    r2 = await start(nursery, root, fake, memory_driver=True, release_grace_period=0.1)
+    assert r2.daemon.start_kind == "rebuilt"
+    state = r2.daemon.owner.state
+    assert state.claims[UID].cpus == cpus
+    rebuilt = state.memory[UID]
+    assert rebuilt.adopted
+    assert (rebuilt.numa_nodes, rebuilt.hugepage_limits) == (held.numa_nodes, held.hugepage_limits)
+    assert MemoryCdiDir(root / "cdi").read_all()[UID] == tuple(memory_env(held))
+    again = await memory_call(r2, api, "prepare", UID)
+    assert again.claims[UID].error == ""
+    assert sorted(d.device_name for d in again.claims[UID].devices) == sorted(
+        d.device_name for d in first.claims[UID].devices
+    )
+    assert r2.daemon.owner.state.memory[UID] == held  # Named again, as before the loss.
+    memory = r2.daemon.memory
+    assert memory is not None
+    await wait_for(lambda: memory.recovery_done, 10)
+    assert memory.released_at_start == ()
+    body = CheckpointStore(root / "state").load().body
+    assert body is not None
+    assert [m["claimUID"] for m in body["memory"]] == [UID]
+    assert "adopted" not in body["memory"][0]
+    r2.scope.cancel()
