@@ -53,7 +53,7 @@ from dracpu.daemon.claim_status import ClaimStatusWriter
 from dracpu.daemon.config import RunConfig, node_name
 from dracpu.daemon.enforcement import Enforcement
 from dracpu.daemon.handler import DaemonClaimHandler
-from dracpu.daemon.health import NodeHealth, device_health, node_health
+from dracpu.daemon.health import DriverParts, NodeHealth, device_health, node_health
 from dracpu.daemon.memory import MEMORY_DRIVER, MemoryDriver
 from dracpu.daemon.metadata import MetadataWriter
 from dracpu.daemon.owner import Owner
@@ -63,11 +63,12 @@ from dracpu.kube.claims import ClaimCache, allocated_to_node
 from dracpu.kube.client import KubeClient
 from dracpu.kube.config import load_config
 from dracpu.kube.errors import NotFoundError
-from dracpu.kube.publisher import SlicePublisher
+from dracpu.kube.publisher import PublisherHealth, SlicePublisher
 from dracpu.kube.resources import RESOURCE_CLAIMS
 from dracpu.kubelet import (
     HealthBoard,
     KubeletPluginConfig,
+    RegistrationState,
     RegistrationStatusBoard,
     serve_kubelet_plugin,
 )
@@ -208,7 +209,19 @@ class Daemon:
 
     def node_health(self) -> NodeHealth:
         """The node's one health model (status, health stream, later /healthz)."""
-        return node_health(self.owner.state, self.publisher.health(), self.registration.state)
+        memory = self.memory
+        parts = (
+            DriverParts(
+                memory.plugin_config.driver_name,
+                memory.publisher.health(),
+                memory.registration.state,
+            )
+            if memory is not None
+            else None
+        )
+        return node_health(
+            self.owner.state, self.publisher.health(), self.registration.state, parts
+        )
 
     def handler(self) -> DaemonClaimHandler:
         """The kubelet claim handler bound to this daemon's owner and claim cache."""
@@ -281,31 +294,25 @@ class Daemon:
         return {"create": h.creates, "update": h.updates, "delete": h.deletes}
 
     def health_parts(self) -> list[HealthPart]:
-        """What ``/healthz`` checks: kubelet registration, slices in sync, enforcement active.
+        """What ``/healthz`` checks: kubelet registration, slices in sync, enforcement active,
+        and with ``--memory-driver`` the ``dra.memory`` registration and slices too.
 
-        ``/readyz`` checks the first two (enforcement may still be handing over at start).
+        ``/readyz`` checks all but enforcement (it may still be handing over at start).
         """
-        reg = self.registration.state
-        if reg.registered:
-            registration = HealthPart("kubelet-registration", True)
-        elif reg.notifications:
-            registration = HealthPart("kubelet-registration", False, f"rejected: {reg.error}")
-        else:
-            registration = HealthPart("kubelet-registration", False, "not registered yet")
-        pub = self.publisher.health()
-        slices = HealthPart(
-            "resourceslices",
-            pub.state == "in-sync",
-            f"{pub.state}" + (f": {pub.last_error}" if pub.last_error else ""),
-        )
+        parts = _driver_parts("", self.registration.state, self.publisher.health())
         active = self.enforcement.active if self.enforcement is not None else "none"
-        enforcement = HealthPart(
-            "enforcement",
-            active != "none",
-            "neither NRI connected nor the cgroup fallback running",
-            for_readiness=False,
+        parts.append(
+            HealthPart(
+                "enforcement",
+                active != "none",
+                "neither NRI connected nor the cgroup fallback running",
+                for_readiness=False,
+            )
         )
-        return [registration, slices, enforcement]
+        memory = self.memory
+        if memory is not None:
+            parts += _driver_parts("memory-", memory.registration.state, memory.publisher.health())
+        return parts
 
     def endpoint(self) -> Endpoint:
         """The HTTP endpoint's sources."""
@@ -499,6 +506,23 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         """The status document served on the status socket."""
         return status_document(self)
+
+
+def _driver_parts(prefix: str, reg: RegistrationState, pub: PublisherHealth) -> list[HealthPart]:
+    """One driver's ``kubelet-registration`` and ``resourceslices`` parts, names led by
+    ``prefix`` (``memory-`` for ``dra.memory``)."""
+    if reg.registered:
+        registration = HealthPart(f"{prefix}kubelet-registration", True)
+    elif reg.notifications:
+        registration = HealthPart(f"{prefix}kubelet-registration", False, f"rejected: {reg.error}")
+    else:
+        registration = HealthPart(f"{prefix}kubelet-registration", False, "not registered yet")
+    slices = HealthPart(
+        f"{prefix}resourceslices",
+        pub.state == "in-sync",
+        f"{pub.state}" + (f": {pub.last_error}" if pub.last_error else ""),
+    )
+    return [registration, slices]
 
 
 Members = Callable[[], list[tuple[str, Callable[[], Awaitable[object]]]]]
