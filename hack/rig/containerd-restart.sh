@@ -5,6 +5,7 @@
 # containerd restart (`just rig-containerd-restart`).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
+rig_close_inherited_fds  # daemons started here must not hold the rig lock (see lib.sh)
 
 pid_file="$RIG_RUN/containerd.pid"
 log="$RIG_LOGS/containerd.log"

@@ -7,6 +7,7 @@
 # Prints the URL once /readyz answers. The rig's admin kubeconfig works with --server changed.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
+rig_close_inherited_fds  # daemons started here must not hold the rig lock (see lib.sh)
 REPO="$(cd "$RIG_HACK_DIR/../.." && pwd)"
 PY="${DRACPU_PYTHON:-$REPO/.venv/bin/python}"
 [ $# -ge 2 ] || rig_die "usage: $0 PORT ETCD_PREFIX [Gate=false,...]"

@@ -5,6 +5,7 @@
 # kubelet's healthz answers; `stop` sends SIGTERM and waits (SIGKILL after 10 s).
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
+rig_close_inherited_fds  # daemons started here must not hold the rig lock (see lib.sh)
 
 pid_file="$RIG_RUN/kubelet.pid"
 log="$RIG_LOGS/kubelet.log"

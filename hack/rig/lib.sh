@@ -42,3 +42,13 @@ RIG_HOST_PATHS="/var/log/containers /var/log/pods /var/lib/cni /run/netns"
 
 rig_log() { printf 'rig: %s\n' "$*" >&2; }
 rig_die() { printf 'rig: ERROR: %s\n' "$*" >&2; exit 1; }
+
+# Close every descriptor above stderr this shell inherited (bash's own 255 excepted), so the
+# daemons a rig script starts do not keep them: started under `flock /var/lock/dracpu-rig.lock`,
+# containerd kept the lock's descriptor and held the shared rig lock for as long as it ran.
+rig_close_inherited_fds() {
+    local fd
+    for fd in $(ls "/proc/$$/fd"); do
+        if [ "$fd" -gt 2 ] && [ "$fd" -lt 255 ]; then eval "exec $fd>&-"; fi
+    done
+}

@@ -5,6 +5,7 @@
 # torn down first. On any failure it names the component, prints its log tail and tears down.
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
+rig_close_inherited_fds  # daemons started here must not hold the rig lock (see lib.sh)
 REPO="$(cd "$RIG_HACK_DIR/../.." && pwd)"
 PY="${DRACPU_PYTHON:-$REPO/.venv/bin/python}"
 cd "$REPO"
