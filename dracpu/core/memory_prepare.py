@@ -27,6 +27,7 @@ or a stale allocation, can; the claim fails instead of over-committing the node.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,7 @@ __all__ = [
     "MemoryAssignment",
     "MemoryClaimError",
     "MemoryGrant",
+    "adopt_memory",
     "assignment_from_json",
     "assignment_to_json",
     "cdi_device_id",
@@ -53,6 +55,7 @@ __all__ = [
     "memory_env",
     "prepare_memory",
     "prepare_memory_claims",
+    "results_from_env",
 ]
 
 ENV_PREFIX = "DRAMEMORY"
@@ -103,6 +106,9 @@ class MemoryAssignment:
 
     claim_uid: str
     grants: tuple[MemoryGrant, ...] = ()
+    adopted: bool = False
+    """Rebuilt from the claim's CDI spec after a lost checkpoint: the request names are not
+    known (empty) until the kubelet prepares the claim again (:func:`adopt_memory`)."""
 
     @property
     def numa_nodes(self) -> tuple[int, ...]:
@@ -194,6 +200,8 @@ def prepare_memory(
     if held is not None:
         if held == assignment:
             return held
+        if held.adopted and _amounts(held) == _amounts(assignment):
+            return assignment  # The kubelet names the requests of a claim rebuilt from CDI.
         raise MemoryClaimError(claim_uid, "already prepared with a different allocation")
     for device in by_name.values():
         asked = assignment.bytes_on(device.name)
@@ -209,6 +217,11 @@ def prepare_memory(
                 value=asked,
             )
     return assignment
+
+
+def _amounts(assignment: MemoryAssignment) -> list[tuple[str, int, int, int]]:
+    """The grants without their request names, in a canonical order."""
+    return sorted((g.device, g.resource.page_size, g.numa, g.size) for g in assignment.grants)
 
 
 def prepare_memory_claims(
@@ -267,6 +280,7 @@ def assignment_to_json(assignment: MemoryAssignment) -> dict[str, Any]:
     """A JSON-ready form of an assignment, for the checkpoint (:func:`assignment_from_json`)."""
     return {
         "claimUID": assignment.claim_uid,
+        **({"adopted": True} if assignment.adopted else {}),
         "grants": [
             {
                 "request": g.request,
@@ -316,7 +330,75 @@ def assignment_from_json(doc: object, *, origin: str) -> MemoryAssignment:
                 size=int(g["size"]),
             )
         )
-    return MemoryAssignment(doc["claimUID"], tuple(grants))
+    adopted = doc.get("adopted", False)
+    if not isinstance(adopted, bool):
+        raise InvalidValueError(f"adopted {adopted!r} is not a boolean", value=doc, origin=origin)
+    return MemoryAssignment(doc["claimUID"], tuple(grants), adopted=adopted)
+
+
+def results_from_env(
+    claim_uid: str, env: Sequence[str], devices: Iterable[MemoryDevice], *, pool: str, origin: str
+) -> tuple[AllocatedMemory, ...]:
+    """The allocation results a claim's ``DRAMEMORY_*`` env (:func:`memory_env`) stands for,
+    with empty request names; raises :class:`InvalidValueError` naming the entry that does not
+    parse or names no device of this node, or when the env is not exactly what
+    :func:`memory_env` would write for them (a foreign or hand-edited spec)."""
+    head = f"{ENV_PREFIX}_{claim_uid}_"
+    by_key = {(d.resource.name.replace("-", "_"), d.numa): d for d in devices}
+    results: list[AllocatedMemory] = []
+    for entry in env:
+        name, sep, value = entry.partition("=")
+        if not sep or not name.startswith(head):
+            raise InvalidValueError(
+                "not a DRAMEMORY variable of the claim", value=entry, origin=origin
+            )
+        key = name[len(head) :]
+        if key == "NUMANodes":
+            continue
+        fields = dict(p.partition(":")[::2] for p in value.split(","))
+        numa_text, size = fields.get("numanode", ""), fields.get("size", "")
+        if not numa_text.isdigit() or not size or set(fields) != {"numanode", "size"}:
+            raise InvalidValueError("want numanode:<N>,size:<quantity>", value=entry, origin=origin)
+        resource = re.sub(r"_numa[0-9]+$", "", key)
+        device = by_key.get((resource, int(numa_text)))
+        if device is None:
+            raise InvalidValueError(
+                f"no {resource} device on NUMA node {numa_text} here", value=entry, origin=origin
+            )
+        results.append(AllocatedMemory("", pool, device.name, {SIZE_CAPACITY: size}))
+    return tuple(results)
+
+
+def adopt_memory(
+    specs: Mapping[str, Sequence[str] | None],
+    devices: Sequence[MemoryDevice],
+    *,
+    pool: str,
+    origin: str = "CDI spec",
+) -> tuple[dict[str, MemoryAssignment], dict[str, str]]:
+    """Rebuild memory assignments from the claims' CDI env (claim UID → env, None when the spec
+    was unreadable), as after a lost checkpoint: every spec goes through :func:`prepare_memory`,
+    so bad quantities and over-requests between the rebuilt claims are refused as at prepare,
+    and must give back the same env. Returns (adopted assignments, UID → why a spec was not
+    adopted); never raises on bad input."""
+    held: dict[str, MemoryAssignment] = {}
+    skipped: dict[str, str] = {}
+    for uid, env in sorted(specs.items()):
+        where = f"{origin} of memory claim {uid}"
+        if env is None:
+            skipped[uid] = f"{where}: unreadable"
+            continue
+        try:
+            results = results_from_env(uid, env, devices, pool=pool, origin=where)
+            assignment = prepare_memory(uid, results, devices, held, pool=pool)
+        except InvalidValueError as exc:
+            skipped[uid] = str(exc)
+            continue
+        if not assignment.grants or memory_env(assignment) != list(env):
+            skipped[uid] = f"{where}: env {list(env)} is not what this claim would have"
+            continue
+        held[uid] = dataclasses.replace(assignment, adopted=True)
+    return held, skipped
 
 
 def _sum(pairs: Iterable[tuple[int, int]]) -> dict[int, int]:

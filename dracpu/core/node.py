@@ -1111,7 +1111,7 @@ def _prepare_memory(state: NodeState, event: PrepareMemory) -> tuple[NodeState, 
             # No result of the memory driver: nothing to hold, nothing to inject.
             results[ref.uid] = MemoryPrepared(assignment)
             continue
-        if ref.uid not in held:
+        if held.get(ref.uid) != assignment:  # new, or an adopted claim named by the kubelet
             held[ref.uid] = assignment
             new.append(assignment)
         ready.append(assignment)

@@ -3,8 +3,9 @@ HTTP ``/healthz`` endpoint all report.
 
 :func:`node_health` combines the device health derived from the node state (a device is healthy
 while all its CPUs are online), the slice publisher's health and the kubelet's registration
-verdict into one :class:`NodeHealth`. ``ready`` is true once the kubelet confirmed the
-registration and the slices are in sync; ``reasons`` says what is missing, in words.
+verdict into one :class:`NodeHealth`, with the ``dra.memory`` driver's own registration and
+publisher when ``--memory-driver`` is on. ``ready`` is true once the kubelet confirmed every
+registration and every driver's slices are in sync; ``reasons`` says what is missing, in words.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dracpu.core import node
 from dracpu.kube.publisher import PublisherHealth
 from dracpu.kubelet import DeviceHealth, Health, RegistrationState
 
-__all__ = ["NodeHealth", "device_health", "node_health"]
+__all__ = ["DriverParts", "NodeHealth", "device_health", "driver_reasons", "node_health"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +28,7 @@ class NodeHealth:
     devices: tuple[DeviceHealth, ...]
     publisher: PublisherHealth
     registration: RegistrationState
+    memory: DriverParts | None = None
 
 
 def device_health(state: node.NodeState) -> tuple[DeviceHealth, ...]:
@@ -63,11 +65,20 @@ def device_health(state: node.NodeState) -> tuple[DeviceHealth, ...]:
     )
 
 
-def node_health(
-    state: node.NodeState, publisher: PublisherHealth, registration: RegistrationState
-) -> NodeHealth:
-    """Combine the parts (see the module docstring)."""
-    devices = device_health(state)
+@dataclass(frozen=True, slots=True)
+class DriverParts:
+    """A second driver's own kubelet registration and slice publisher (``dra.memory``)."""
+
+    driver: str
+    publisher: PublisherHealth
+    registration: RegistrationState
+
+
+def driver_reasons(
+    publisher: PublisherHealth, registration: RegistrationState, *, label: str = ""
+) -> list[str]:
+    """Why one driver is not ready (its registration, its slices), each reason led by
+    ``label`` (``"dra.memory: "``) when given; empty when it is ready."""
     reasons = []
     if not registration.registered:
         reasons.append(
@@ -84,6 +95,21 @@ def node_health(
         reasons.append(
             f"API server lacks feature gates {', '.join(publisher.missing_feature_gates)}"
         )
+    return [f"{label}{r}" for r in reasons]
+
+
+def node_health(
+    state: node.NodeState,
+    publisher: PublisherHealth,
+    registration: RegistrationState,
+    memory: DriverParts | None = None,
+) -> NodeHealth:
+    """Combine the parts (see the module docstring); ``memory``: the ``dra.memory`` driver's
+    parts when it runs, whose reasons are led by its name."""
+    devices = device_health(state)
+    reasons = driver_reasons(publisher, registration)
+    if memory is not None:
+        reasons += driver_reasons(memory.publisher, memory.registration, label=f"{memory.driver}: ")
     unhealthy = [d.device_name for d in devices if d.health is not Health.HEALTHY]
     if unhealthy:
         reasons.append(f"unhealthy devices: {', '.join(unhealthy)}")
@@ -93,4 +119,5 @@ def node_health(
         devices=devices,
         publisher=publisher,
         registration=registration,
+        memory=memory,
     )

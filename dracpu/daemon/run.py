@@ -44,7 +44,7 @@ from dracpu.checkpoint import CheckpointStore, CheckpointVersionError
 from dracpu.core import node
 from dracpu.core.claims import ClaimRef
 from dracpu.core.cpuset import CpuSet
-from dracpu.core.memory_prepare import memory_env
+from dracpu.core.memory_prepare import adopt_memory, memory_env
 from dracpu.core.memory_slices import MemoryDevice, MemorySliceOptions
 from dracpu.core.memory_slices import memory_devices as memory_devices_of
 from dracpu.core.slices import build_slice_specs
@@ -53,7 +53,7 @@ from dracpu.daemon.claim_status import ClaimStatusWriter
 from dracpu.daemon.config import RunConfig, node_name
 from dracpu.daemon.enforcement import Enforcement
 from dracpu.daemon.handler import DaemonClaimHandler
-from dracpu.daemon.health import NodeHealth, device_health, node_health
+from dracpu.daemon.health import DriverParts, NodeHealth, device_health, node_health
 from dracpu.daemon.memory import MEMORY_DRIVER, MemoryDriver
 from dracpu.daemon.metadata import MetadataError, MetadataWriter
 from dracpu.daemon.owner import Owner
@@ -63,11 +63,12 @@ from dracpu.kube.claims import ClaimCache, allocated_to_node
 from dracpu.kube.client import KubeClient
 from dracpu.kube.config import load_config
 from dracpu.kube.errors import NotFoundError
-from dracpu.kube.publisher import SlicePublisher
+from dracpu.kube.publisher import PublisherHealth, SlicePublisher
 from dracpu.kube.resources import RESOURCE_CLAIMS
 from dracpu.kubelet import (
     HealthBoard,
     KubeletPluginConfig,
+    RegistrationState,
     RegistrationStatusBoard,
     serve_kubelet_plugin,
 )
@@ -92,11 +93,17 @@ HEALTHY_RUN = 60.0
 
 
 def load_state(
-    topology: Topology, config: node.NodeConfig, store: CheckpointStore, cdi: CdiDir
+    topology: Topology,
+    config: node.NodeConfig,
+    store: CheckpointStore,
+    cdi: CdiDir,
+    memory_cdi: MemoryCdiDir | None = None,
 ) -> tuple[node.NodeState, str]:
     """The state to start from, and how it was obtained ("fresh", "checkpoint", "rebuilt").
 
-    Raises :class:`CheckpointVersionError` for a checkpoint of a newer dracpu.
+    Rebuilding adopts CPU claims from the ``dra.cpu`` specs and, with ``memory_cdi``, memory
+    claims from the ``dra.memory`` specs (against ``config.memory_devices``). Raises
+    :class:`CheckpointVersionError` for a checkpoint of a newer dracpu.
     """
     loaded = store.load()
     if loaded.status == "loaded":
@@ -107,26 +114,39 @@ def load_state(
             reason = f"checkpoint {store.path}: {exc}"
             aside = store.keep_aside()
             loaded = dataclasses.replace(loaded, status="corrupt", reason=reason, kept_aside=aside)
-    if loaded.status == "absent" and not cdi.read_all():
+    cpu_specs = cdi.read_all()
+    memory_specs = memory_cdi.read_all() if memory_cdi is not None else {}
+    if loaded.status == "absent" and not cpu_specs and not memory_specs:
         return node.NodeState.initial(topology, config), "fresh"
     # Corrupt, or absent while CDI specs exist: rebuild from the specs (adopted claims).
     claims = []
     held = CpuSet()
-    for uid, cpus in sorted(cdi.read_all().items()):
+    for uid, cpus in sorted(cpu_specs.items()):
         if cpus is None or not cpus or not cpus.isdisjoint(held) or cpus - topology.online:
             continue
         held = held | cpus
         claims.append(node.PreparedClaim(ref=ClaimRef("", "", uid), cpus=cpus, adopted=True))
-    state = node.NodeState.initial(topology, config, claims)
+    memory, skipped = adopt_memory(
+        memory_specs, config.memory_devices, pool=config.pool, origin=f"CDI dir {cdi.root}"
+    )
+    for why in skipped.values():
+        _log.warning("memory claim not adopted (its spec will be removed): %s", why)
+    state = node.NodeState.initial(topology, config, claims, memory.values())
     if loaded.status == "corrupt":
         _log.error(
-            "checkpoint unusable (%s); kept it as %s; rebuilt %d claim(s) from the CDI specs",
+            "checkpoint unusable (%s); kept it as %s; rebuilt %d claim(s) and %d memory "
+            "claim(s) from the CDI specs",
             loaded.reason,
             loaded.kept_aside,
             len(claims),
+            len(memory),
         )
     else:
-        _log.warning("no checkpoint but CDI specs found: adopted %d claim(s)", len(claims))
+        _log.warning(
+            "no checkpoint but CDI specs found: adopted %d claim(s) and %d memory claim(s)",
+            len(claims),
+            len(memory),
+        )
     store.write(node.snapshot(state))
     return state, "rebuilt"
 
@@ -190,7 +210,19 @@ class Daemon:
 
     def node_health(self) -> NodeHealth:
         """The node's one health model (status, health stream, later /healthz)."""
-        return node_health(self.owner.state, self.publisher.health(), self.registration.state)
+        memory = self.memory
+        parts = (
+            DriverParts(
+                memory.plugin_config.driver_name,
+                memory.publisher.health(),
+                memory.registration.state,
+            )
+            if memory is not None
+            else None
+        )
+        return node_health(
+            self.owner.state, self.publisher.health(), self.registration.state, parts
+        )
 
     def handler(self) -> DaemonClaimHandler:
         """The kubelet claim handler bound to this daemon's owner and claim cache."""
@@ -267,31 +299,25 @@ class Daemon:
         return {"create": h.creates, "update": h.updates, "delete": h.deletes}
 
     def health_parts(self) -> list[HealthPart]:
-        """What ``/healthz`` checks: kubelet registration, slices in sync, enforcement active.
+        """What ``/healthz`` checks: kubelet registration, slices in sync, enforcement active,
+        and with ``--memory-driver`` the ``dra.memory`` registration and slices too.
 
-        ``/readyz`` checks the first two (enforcement may still be handing over at start).
+        ``/readyz`` checks all but enforcement (it may still be handing over at start).
         """
-        reg = self.registration.state
-        if reg.registered:
-            registration = HealthPart("kubelet-registration", True)
-        elif reg.notifications:
-            registration = HealthPart("kubelet-registration", False, f"rejected: {reg.error}")
-        else:
-            registration = HealthPart("kubelet-registration", False, "not registered yet")
-        pub = self.publisher.health()
-        slices = HealthPart(
-            "resourceslices",
-            pub.state == "in-sync",
-            f"{pub.state}" + (f": {pub.last_error}" if pub.last_error else ""),
-        )
+        parts = _driver_parts("", self.registration.state, self.publisher.health())
         active = self.enforcement.active if self.enforcement is not None else "none"
-        enforcement = HealthPart(
-            "enforcement",
-            active != "none",
-            "neither NRI connected nor the cgroup fallback running",
-            for_readiness=False,
+        parts.append(
+            HealthPart(
+                "enforcement",
+                active != "none",
+                "neither NRI connected nor the cgroup fallback running",
+                for_readiness=False,
+            )
         )
-        return [registration, slices, enforcement]
+        memory = self.memory
+        if memory is not None:
+            parts += _driver_parts("memory-", memory.registration.state, memory.publisher.health())
+        return parts
 
     def endpoint(self) -> Endpoint:
         """The HTTP endpoint's sources."""
@@ -503,6 +529,23 @@ class Daemon:
         return status_document(self)
 
 
+def _driver_parts(prefix: str, reg: RegistrationState, pub: PublisherHealth) -> list[HealthPart]:
+    """One driver's ``kubelet-registration`` and ``resourceslices`` parts, names led by
+    ``prefix`` (``memory-`` for ``dra.memory``)."""
+    if reg.registered:
+        registration = HealthPart(f"{prefix}kubelet-registration", True)
+    elif reg.notifications:
+        registration = HealthPart(f"{prefix}kubelet-registration", False, f"rejected: {reg.error}")
+    else:
+        registration = HealthPart(f"{prefix}kubelet-registration", False, "not registered yet")
+    slices = HealthPart(
+        f"{prefix}resourceslices",
+        pub.state == "in-sync",
+        f"{pub.state}" + (f": {pub.last_error}" if pub.last_error else ""),
+    )
+    return [registration, slices]
+
+
 Members = Callable[[], list[tuple[str, Callable[[], Awaitable[object]]]]]
 
 
@@ -600,8 +643,8 @@ def build_daemon(
     store = CheckpointStore(config.state_dir)
     store.secure_dir()
     cdi = CdiDir(config.cdi_dir)
-    state, kind = load_state(topology, node_config, store, cdi)
     memory_cdi = MemoryCdiDir(config.cdi_dir)
+    state, kind = load_state(topology, node_config, store, cdi, memory_cdi)
     fixed_memory = memory_cdi.reconcile(
         {uid: memory_env(a) for uid, a in state.memory.items() if a.grants}
     )

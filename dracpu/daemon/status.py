@@ -22,6 +22,9 @@ import trio
 
 from dracpu.checkpoint import CheckpointError, CheckpointStore, CheckpointVersionError, decode
 from dracpu.core import node
+from dracpu.core.memory import size_string
+from dracpu.core.quantity import format_bytes
+from dracpu.daemon.health import NodeHealth
 
 if TYPE_CHECKING:
     from dracpu.daemon.run import Daemon
@@ -47,6 +50,42 @@ def _claims(state: node.NodeState) -> list[dict[str, Any]]:
     ]
 
 
+def _memory_claims(state: node.NodeState) -> list[dict[str, Any]]:
+    return [
+        {
+            "uid": uid,
+            "adopted": a.adopted,
+            "numaNodes": list(a.numa_nodes),
+            "memory": {str(n): format_bytes(b) for n, b in a.memory_bytes.items()},
+            "hugepages": {
+                size_string(size): {str(n): pages for n, pages in nodes.items()}
+                for size, nodes in a.hugepages.items()
+            },
+            "devices": [
+                {"request": g.request, "device": g.device, "size": format_bytes(g.size)}
+                for g in a.grants
+            ],
+        }
+        for uid, a in sorted(state.memory.items())
+    ]
+
+
+def _memory_driver(daemon: Daemon, health: NodeHealth) -> dict[str, Any] | None:
+    """The ``dra.memory`` driver's part of the status; None when ``--memory-driver`` is off."""
+    memory = daemon.memory
+    if memory is None or health.memory is None:
+        return None
+    return {
+        "driver": memory.plugin_config.driver_name,
+        "devices": [d.name for d in daemon.owner.state.config.memory_devices],
+        "claims": _memory_claims(daemon.owner.state),
+        "publisher": dataclasses.asdict(health.memory.publisher),
+        "registration": dataclasses.asdict(health.memory.registration),
+        "claimCache": {"hits": memory.cache.hits, "misses": memory.cache.misses},
+        "recovery": {"done": memory.recovery_done, "released": list(memory.released_at_start)},
+    }
+
+
 def status_document(daemon: Daemon) -> dict[str, Any]:
     """The status of a running daemon (no I/O)."""
     state = daemon.owner.state
@@ -70,6 +109,7 @@ def status_document(daemon: Daemon) -> dict[str, Any]:
         "unhealthyDevices": [d.device_name for d in health.devices if d.message],
         "publisher": dataclasses.asdict(health.publisher),
         "registration": dataclasses.asdict(health.registration),
+        "memoryDriver": _memory_driver(daemon, health),
         "claimStatus": {
             "pending": daemon.status_writer.pending,
             "written": daemon.status_writer.written,
@@ -168,6 +208,11 @@ def read_status(state_dir: Path, *, timeout: float = 2.0) -> dict[str, Any]:
                 {k: c.get(k) for k in ("uid", "namespace", "name", "cpus", "adopted", "devices")}
                 for c in body.get("claims", [])
             ],
+            memoryClaims=[
+                {k: m.get(k) for k in ("claimUID", "adopted", "grants")}
+                for m in body.get("memory", [])
+                if isinstance(m, dict)
+            ],
         )
     else:
         doc["reason"] = loaded.get("reason", "")
@@ -222,4 +267,27 @@ def render_text(doc: dict[str, Any]) -> str:
     for c in claims:
         name = f"{c['namespace']}/{c['name']}" if c.get("name") else "(adopted)"
         lines.append(f"  {name} uid {c['uid']}: cpus {c['cpus']}")
+    memory = doc.get("memoryDriver")
+    if memory:
+        pub, reg = memory["publisher"], memory["registration"]
+        word = (
+            "registered"
+            if reg["registered"]
+            else ("rejected" if reg["notifications"] else "waiting")
+        )
+        lines.append(
+            f"memory driver {memory['driver']}: registration {word}, publisher {pub['state']} "
+            f"({pub['slices']} slice(s)), devices {', '.join(memory['devices']) or 'none'}"
+        )
+        lines.append(f"memory claims: {len(memory['claims'])}")
+        for m in memory["claims"]:
+            held = ", ".join(f"{d['device']} {d['size']}" for d in m["devices"])
+            lines.append(
+                f"  uid {m['uid']}{' (adopted)' if m['adopted'] else ''}: NUMA "
+                f"{','.join(str(n) for n in m['numaNodes'])}: {held}"
+            )
+    elif doc.get("memoryClaims"):
+        lines.append(f"memory claims: {len(doc['memoryClaims'])}")
+        for m in doc["memoryClaims"]:
+            lines.append(f"  uid {m['claimUID']}: {len(m.get('grants') or [])} grant(s)")
     return "\n".join(lines) + "\n"

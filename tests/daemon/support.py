@@ -37,6 +37,30 @@ def dra_api(version: str = "v1") -> GrpcioApi:
     return GrpcioApi(pb2, pb2_grpc)
 
 
+def registration_api() -> GrpcioApi:
+    """grpcio's modules of the kubelet's plugin registration API (the kubelet's side)."""
+    pb2, pb2_grpc = load_grpc_modules(PROTOS, f"{APIS}/pluginregistration/v1/api.proto")
+    return GrpcioApi(pb2, pb2_grpc)
+
+
+async def notify_registration(socket: Path, registered: bool, error: str = "") -> None:
+    """Tell the plugin behind registration ``socket`` the kubelet's verdict, as the kubelet
+    does (grpcio; a rejection's error reply is expected and ignored)."""
+    api = registration_api()
+
+    def call() -> None:
+        with grpc.insecure_channel(f"unix://{socket}") as channel:
+            stub = api.grpc.RegistrationStub(channel)
+            status = api.pb2.RegistrationStatus(plugin_registered=registered, error=error)
+            try:
+                stub.NotifyRegistrationStatus(status, timeout=10)
+            except grpc.RpcError:
+                if registered:
+                    raise
+
+    await trio.to_thread.run_sync(call)
+
+
 @contextmanager
 def short_dir(prefix: str) -> Iterator[Path]:
     """A temp dir under /tmp (unix socket paths are limited to 107 bytes)."""

@@ -95,3 +95,24 @@ def test_node_health_names_what_is_missing() -> None:
     report = node_health(shrunk, synced, RegistrationState(registered=True, notifications=1))
     assert report.reasons == ("unhealthy devices: cpudevnuma001",)
     assert "CPUs 5 are offline" in next(d.message for d in report.devices if d.message)
+
+
+def test_node_health_names_the_memory_drivers_parts() -> None:
+    from dracpu.daemon.health import DriverParts, node_health
+    from dracpu.kube.publisher import PublisherHealth
+    from dracpu.kubelet import RegistrationState
+
+    state = node.NodeState.initial(TOPOLOGY, CONFIG)
+    synced = PublisherHealth("in-sync", True, None, (), (), 1, 1, 1, 0, 0, 0.0)
+    failing = PublisherHealth("error", False, "503", (), (), 1, 0, 0, 0, 0, None)
+    ok = RegistrationState(registered=True, notifications=1)
+    fine = node_health(state, synced, ok, DriverParts("dra.memory", synced, ok))
+    assert fine.ready
+    assert fine.memory is not None
+    assert fine.memory.driver == "dra.memory"
+    bad = node_health(state, synced, ok, DriverParts("dra.memory", failing, RegistrationState()))
+    assert not bad.ready
+    assert bad.reasons == (
+        "dra.memory: not registered with the kubelet yet",
+        "dra.memory: ResourceSlices error: 503",
+    )

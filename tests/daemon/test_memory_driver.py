@@ -9,11 +9,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import trio
 
 from dracpu.checkpoint import CheckpointStore
 from dracpu.core.memory_prepare import memory_env
+from dracpu.daemon.status import read_status, render_text
 from dracpu.memory_cdi import MemoryCdiDir
 from tests.daemon.support import (
     NODE,
@@ -22,6 +24,7 @@ from tests.daemon.support import (
     dra_api,
     grouped,
     kubelet_call,
+    notify_registration,
     short_dir,
     write_machine,
 )
@@ -186,4 +189,158 @@ async def test_memory_driver_is_off_by_default(
     await wait_for(lambda: r.daemon.publisher.in_sync.is_set(), 10)
     assert memory_slices(fake) == []
     assert not (root / "kubelet" / "plugins_registry" / "dra.memory-reg.sock").exists()
+    r.scope.cancel()
+
+
+async def test_corrupt_checkpoint_rebuilds_memory_claims(
+    nursery: trio.Nursery, env: tuple[Path, FakeApiServer], api: GrpcioApi
+) -> None:
+    """The checkpoint is lost: the memory claim comes back from its CDI spec, the kubelet's
+    retry gets the same answer and names the requests, and the claim is not released."""
+    root, fake = env
+    r = await start(nursery, root, fake, memory_driver=True)
+    r.put_claim(
+        claim(
+            UID,
+            [
+                grouped("cpu", "cpudevnuma001", 2),
+                memory_result("mem", "memory-numa001", "1Gi"),
+                memory_result("hp", "hugepages-2mi-numa001", "8Mi"),
+            ],
+        )
+    )
+    cpus = cpus_of(await r.call(api, "prepare", UID), UID, r)
+    first = await memory_call(r, api, "prepare", UID)
+    assert first.claims[UID].error == ""
+    held = r.daemon.owner.state.memory[UID]
+    r.scope.cancel()
+    await trio.sleep(0.05)
+    (root / "state" / "checkpoint.json").write_text("{garbage")
+
+    r2 = await start(nursery, root, fake, memory_driver=True, release_grace_period=0.1)
+    assert r2.daemon.start_kind == "rebuilt"
+    state = r2.daemon.owner.state
+    assert state.claims[UID].cpus == cpus
+    rebuilt = state.memory[UID]
+    assert rebuilt.adopted
+    assert (rebuilt.numa_nodes, rebuilt.hugepage_limits) == (held.numa_nodes, held.hugepage_limits)
+    assert MemoryCdiDir(root / "cdi").read_all()[UID] == tuple(memory_env(held))
+    again = await memory_call(r2, api, "prepare", UID)
+    assert again.claims[UID].error == ""
+    assert sorted(d.device_name for d in again.claims[UID].devices) == sorted(
+        d.device_name for d in first.claims[UID].devices
+    )
+    assert r2.daemon.owner.state.memory[UID] == held  # Named again, as before the loss.
+    memory = r2.daemon.memory
+    assert memory is not None
+    await wait_for(lambda: memory.recovery_done, 10)
+    assert memory.released_at_start == ()
+    body = CheckpointStore(root / "state").load().body
+    assert body is not None
+    assert [m["claimUID"] for m in body["memory"]] == [UID]
+    assert "adopted" not in body["memory"][0]
+    r2.scope.cancel()
+
+
+async def _endpoint(r: Running, path: str) -> httpx.Response:
+    await wait_for(lambda: bool(r.daemon.endpoint_addresses), 10)
+    port = r.daemon.endpoint_addresses[0].rsplit(":", 1)[1]
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        return await client.get(path)
+
+
+async def test_status_and_health_report_the_memory_driver(
+    nursery: trio.Nursery, env: tuple[Path, FakeApiServer], api: GrpcioApi
+) -> None:
+    """``/healthz``, ``/readyz``, ``/status`` and ``dracpu status`` show the memory driver's own
+    registration and slices, and its claims; down, the checkpoint's memory claims."""
+    root, fake = env
+    r = await start(nursery, root, fake, memory_driver=True)
+    memory = r.daemon.memory
+    assert memory is not None
+    cpu_reg = r.daemon.plugin_config.paths().registration_socket  # type: ignore[union-attr]
+    mem_reg = memory.plugin_config.paths().registration_socket
+    await wait_for(mem_reg.exists, 10)
+    await notify_registration(cpu_reg, True)
+    await wait_for(lambda: r.daemon.publisher.in_sync.is_set(), 10)
+    # dra.cpu is registered and in sync; dra.memory is not registered: not healthy, not ready.
+    health = await _endpoint(r, "/healthz")
+    assert health.status_code == 503
+    assert "memory-kubelet-registration: not registered yet" in health.text
+    assert "\nkubelet-registration" not in f"\n{health.text}"
+    assert (await _endpoint(r, "/readyz")).status_code == 503
+    doc = r.daemon.status()
+    assert "dra.memory: not registered with the kubelet yet" in doc["notReady"]
+    assert not doc["ready"]
+
+    await notify_registration(mem_reg, False, "no handler for dra.memory")
+    health = await _endpoint(r, "/healthz")
+    assert "memory-kubelet-registration: rejected: no handler for dra.memory" in health.text
+    doc = r.daemon.status()
+    assert (
+        "dra.memory: kubelet rejected the registration: no handler for dra.memory"
+        in (doc["notReady"])
+    )
+
+    await wait_for(mem_reg.exists, 10)  # Re-created after the rejection; the kubelet retries.
+    await notify_registration(mem_reg, True)
+    await wait_for(lambda: memory.publisher.in_sync.is_set(), 10)
+    assert (await _endpoint(r, "/readyz")).status_code == 200
+    doc = json.loads((await _endpoint(r, "/status")).text)
+    assert doc["ready"], doc["notReady"]
+    part = doc["memoryDriver"]
+    assert part["driver"] == "dra.memory"
+    assert part["registration"]["registered"] is True
+    assert part["publisher"]["state"] == "in-sync"
+    assert part["publisher"]["slices"] == 2
+    assert sorted(part["devices"]) == sorted(
+        ["memory-numa000", "memory-numa001", "hugepages-2mi-numa000", "hugepages-2mi-numa001"]
+    )
+    assert part["claims"] == []
+
+    r.put_claim(
+        claim(
+            UID,
+            [
+                memory_result("mem", "memory-numa001", "1Gi"),
+                memory_result("hp", "hugepages-2mi-numa001", "8Mi"),
+            ],
+        )
+    )
+    assert (await memory_call(r, api, "prepare", UID)).claims[UID].error == ""
+    (held,) = r.daemon.status()["memoryDriver"]["claims"]
+    assert held == {
+        "uid": UID,
+        "adopted": False,
+        "numaNodes": [1],
+        "memory": {"1": "1Gi"},
+        "hugepages": {"2Mi": {"1": 4}},
+        "devices": [
+            {"request": "mem", "device": "memory-numa001", "size": "1Gi"},
+            {"request": "hp", "device": "hugepages-2mi-numa001", "size": "8Mi"},
+        ],
+    }
+    text = render_text(await trio.to_thread.run_sync(read_status, root / "state"))
+    assert "memory driver dra.memory: registration registered, publisher in-sync" in text
+    assert f"uid {UID}: NUMA 1: memory-numa001 1Gi, hugepages-2mi-numa001 8Mi" in text
+
+    r.scope.cancel()
+    await trio.sleep(0.05)
+    # Down: the checkpoint's memory claims.
+    down = read_status(root / "state")
+    assert down["daemon"] == "down"
+    assert [m["claimUID"] for m in down["memoryClaims"]] == [UID]
+    assert f"uid {UID}: 2 grant(s)" in render_text(down)
+
+
+async def test_memory_driver_off_reports_nothing_of_it(
+    nursery: trio.Nursery, env: tuple[Path, FakeApiServer]
+) -> None:
+    root, fake = env
+    r = await start(nursery, root, fake)
+    doc = r.daemon.status()
+    assert doc["memoryDriver"] is None
+    names = [p.name for p in r.daemon.health_parts()]
+    assert names == ["kubelet-registration", "resourceslices", "enforcement"]
+    assert "memory" not in render_text(doc)
     r.scope.cancel()

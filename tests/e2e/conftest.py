@@ -10,6 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
+from dracpu.core.memory_slices import device_classes
+from dracpu.sysfs_memory import read_memory
 from tests.e2e.dra_driver import (
     DracpuDaemon,
     DraDriver,
@@ -134,3 +136,16 @@ def dracpu_class(created: Created, kube: httpx.Client) -> str:
             },
         )
     return "dra.cpu"
+
+
+@pytest.fixture
+def dracpu_memory_classes(created: Created, kube: httpx.Client) -> list[str]:
+    """The memory driver's DeviceClasses (``dra.memory``, ``dra.hugepages-2m``, ...) for this
+    machine, as ``dracpu inspect memory`` prints them; made here unless already installed."""
+    names = []
+    for doc in device_classes(read_memory()):
+        name = doc["metadata"]["name"]
+        if kube.get(f"{RESOURCE}/deviceclasses/{name}").status_code == 404:
+            created.post(f"{RESOURCE}/deviceclasses", {k: doc[k] for k in ("metadata", "spec")})
+        names.append(name)
+    return names

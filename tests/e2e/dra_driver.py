@@ -55,6 +55,8 @@ class DraDriver:
             driver,
         )
         self.proc: subprocess.Popen[bytes] | None = None
+        self.registrations_per_start = 1
+        """Kubelet registrations one start makes (2 for ``dracpu run --memory-driver``)."""
 
     @property
     def registration_socket(self) -> Path:
@@ -85,7 +87,9 @@ class DraDriver:
             )
         wait_for(
             f"kubelet to register {self.driver} (log {self.log})",
-            lambda: self._exited() or len(self.registrations()) > seen,
+            lambda: (
+                self._exited() or len(self.registrations()) >= seen + self.registrations_per_start
+            ),
             timeout,
         )
         assert self.registrations()[-1]["registered"], self.registrations()[-1]
@@ -162,6 +166,8 @@ class DracpuDaemon(DraDriver):
     def __init__(self, rig: Rig, argv: Sequence[str], log: Path, state_dir: Path) -> None:
         super().__init__(rig, argv, log.with_suffix(".none"), log, "dra.cpu")
         self.state_dir = state_dir
+        if "--memory-driver=true" in argv:  # dra.memory registers too (the same log line)
+            self.registrations_per_start = 2
 
     def registrations(self) -> list[dict[str, Any]]:
         if not self.log.exists():

@@ -19,8 +19,10 @@ import yaml
 from tests.e2e.kube import (
     RESOURCE,
     Created,
+    cdi_spec,
+    claim_of,
+    claim_status_cpus,
     container_process,
-    get,
     node_slices,
     wait_for,
     wait_running,
@@ -105,34 +107,6 @@ class Example:
                 {"metadata": {"name": self._template(name)}, "spec": {"spec": spec}},
             )
         created.pod(self.pod)
-
-
-def claim_of(kube: httpx.Client, pod: dict[str, Any], ref: str) -> dict[str, Any]:
-    (name,) = [
-        s["resourceClaimName"] for s in pod["status"]["resourceClaimStatuses"] if s["name"] == ref
-    ]
-    obj: dict[str, Any] = get(kube, f"{RESOURCE}/namespaces/{NS}/resourceclaims/{name}")
-    return obj
-
-
-def claim_status_cpus(kube: httpx.Client, claim: dict[str, Any]) -> str:
-    """Waits for dracpu's ``status.devices[].data`` of the claim; returns ``claimCpuset``."""
-    path = f"{RESOURCE}/namespaces/{NS}/resourceclaims/{claim['metadata']['name']}"
-
-    def devices() -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = get(kube, path).get("status", {}).get("devices", [])
-        return [d for d in found if d.get("data")]
-
-    (dev,) = wait_for(f"claim {path} status.devices", devices, 20)
-    assert dev["driver"] == "dra.cpu", dev
-    results = claim["status"]["allocation"]["devices"]["results"]
-    assert dev["device"] in {r["device"] for r in results}, (dev, results)
-    cpus: str = dev["data"]["claimCpuset"]
-    return cpus
-
-
-def cdi_spec(rig: Rig, uid: str) -> Path:
-    return rig.cdi_dir / f"dra.k8s.io-cpu_claim-{uid}.json"
 
 
 def check_pod(

@@ -171,6 +171,7 @@ class ContainerProcess:
     pid: int
     cpus_allowed_list: str
     environ: dict[str, str]
+    mems_allowed_list: str = ""
 
 
 def container_process(rig: Rig, pod: dict[str, Any], container: str) -> ContainerProcess:
@@ -182,7 +183,12 @@ def container_process(rig: Rig, pod: dict[str, Any], container: str) -> Containe
         if fields.get("NSpid", "").split()[-1:] == ["1"]:
             raw = Path(f"/proc/{line}/environ").read_bytes().split(b"\0")
             env = dict(e.decode().split("=", 1) for e in raw if b"=" in e)
-            return ContainerProcess(int(line), fields["Cpus_allowed_list"].strip(), env)
+            return ContainerProcess(
+                int(line),
+                fields["Cpus_allowed_list"].strip(),
+                env,
+                fields.get("Mems_allowed_list", "").strip(),
+            )
     raise AssertionError(f"no init process in {procs}")
 
 
@@ -239,8 +245,9 @@ class Created:
 
 
 # ------------------------------------------------------------------------------ DRA
-def node_slices(kube: httpx.Client, rig: Rig) -> list[dict[str, Any]]:
-    body = get(kube, SLICES, fieldSelector=f"spec.nodeName={rig.node_name},spec.driver=dra.cpu")
+def node_slices(kube: httpx.Client, rig: Rig, driver: str = "dra.cpu") -> list[dict[str, Any]]:
+    """The node's ResourceSlices of ``driver``."""
+    body = get(kube, SLICES, fieldSelector=f"spec.nodeName={rig.node_name},spec.driver={driver}")
     items: list[dict[str, Any]] = body["items"]
     return items
 
@@ -327,3 +334,35 @@ def claim_cpus(kube: httpx.Client, pod: dict[str, Any]) -> tuple[str, str]:
         return ""
 
     return uid, wait_for("claim status.devices data", data, 20)
+
+
+def claim_of(
+    kube: httpx.Client, pod: dict[str, Any], ref: str, ns: str = "default"
+) -> dict[str, Any]:
+    """The ResourceClaim the pod's claim reference ``ref`` resolved to (from the pod status)."""
+    (name,) = [
+        s["resourceClaimName"] for s in pod["status"]["resourceClaimStatuses"] if s["name"] == ref
+    ]
+    obj: dict[str, Any] = get(kube, f"{RESOURCE}/namespaces/{ns}/resourceclaims/{name}")
+    return obj
+
+
+def claim_status_cpus(kube: httpx.Client, claim: dict[str, Any], ns: str = "default") -> str:
+    """Waits for dracpu's ``status.devices[].data`` of the claim; returns ``claimCpuset``."""
+    path = f"{RESOURCE}/namespaces/{ns}/resourceclaims/{claim['metadata']['name']}"
+
+    def devices() -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = get(kube, path).get("status", {}).get("devices", [])
+        return [d for d in found if d.get("data")]
+
+    (dev,) = wait_for(f"claim {path} status.devices", devices, 20)
+    assert dev["driver"] == "dra.cpu", dev
+    results = claim["status"]["allocation"]["devices"]["results"]
+    assert dev["device"] in {r["device"] for r in results}, (dev, results)
+    cpus: str = dev["data"]["claimCpuset"]
+    return cpus
+
+
+def cdi_spec(rig: Rig, uid: str, kind: str = "cpu") -> Path:
+    """The CDI spec file of claim ``uid`` for ``kind`` ``cpu`` (dra.cpu) or ``memory``."""
+    return rig.cdi_dir / f"dra.k8s.io-{kind}_claim-{uid}.json"
