@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.kube import node_slices, wait_for
+from tests.e2e.kube import wait_for
 from tests.e2e.rig import REPO_ROOT, Rig
 
 # A command line for one DRA driver process: (rig, call log, driver=..., options) -> argv.
@@ -194,14 +194,6 @@ class DracpuDaemon(DraDriver):
 
 DaemonFactory = Callable[..., DracpuDaemon]
 """The ``dracpu_daemon_factory`` fixture: starts ``dracpu run`` with flags as keywords."""
-
-
-def grouped_daemon(factory: DaemonFactory, kube: Any, rig: Rig, **opts: Any) -> DracpuDaemon:
-    """``dracpu run`` grouped by NUMA node (the rig: one node, CPUs 0-1), once its slice is
-    published; ``opts`` are more flags."""
-    drv = factory(cpu_device_mode="grouped", group_by="numanode", **opts)
-    wait_for("published slice", lambda: node_slices(kube, rig), 20)
-    return drv
 
 
 # Starts one driver process with options (``devices=``, ``fail_prepare=``) and waits for the

@@ -283,59 +283,6 @@ def claim_pod(
     )
 
 
-ONE_CPU = {"cpu": "1", "memory": "64Mi"}
-
-
-def claim_template(created: Created, name: str, cpus: int = 1) -> None:
-    """A ResourceClaimTemplate for ``cpus`` CPUs (capacity ``dra.cpu/cpu``) of class ``dra.cpu``,
-    request ``cpus``."""
-    request = {
-        "name": "cpus",
-        "exactly": {
-            "deviceClassName": "dra.cpu",
-            "capacity": {"requests": {"dra.cpu/cpu": str(cpus)}},
-        },
-    }
-    created.post(
-        f"{RESOURCE}/namespaces/{created.ns}/resourceclaimtemplates",
-        {"metadata": {"name": name}, "spec": {"spec": {"devices": {"requests": [request]}}}},
-    )
-
-
-def template_claim_pod(rig: Rig, name: str, template: str, containers: int = 1) -> dict[str, Any]:
-    """Option B: each container ``c<i>`` asks for 1 CPU and uses claim ``cpus`` of
-    ``template``."""
-    return pod_body(
-        name,
-        [
-            busybox_container(
-                rig,
-                f"c{i}",
-                "sleep 3600",
-                resources={"requests": ONE_CPU, "limits": ONE_CPU, "claims": [{"name": "cpus"}]},
-            )
-            for i in range(containers)
-        ],
-        resourceClaims=[{"name": "cpus", "resourceClaimTemplateName": template}],
-    )
-
-
-def claim_cpus(kube: httpx.Client, pod: dict[str, Any]) -> tuple[str, str]:
-    """The pod's one claim: ``(uid, claimCpuset)`` once dracpu wrote ``status.devices[].data``."""
-    (st,) = pod["status"]["resourceClaimStatuses"]
-    ns = pod["metadata"]["namespace"]
-    path = f"{RESOURCE}/namespaces/{ns}/resourceclaims/{st['resourceClaimName']}"
-    uid: str = get(kube, path)["metadata"]["uid"]
-
-    def data() -> str:
-        for dev in get(kube, path).get("status", {}).get("devices", []):
-            if dev.get("data"):
-                return str(dev["data"]["claimCpuset"])
-        return ""
-
-    return uid, wait_for("claim status.devices data", data, 20)
-
-
 def claim_of(
     kube: httpx.Client, pod: dict[str, Any], ref: str, ns: str = "default"
 ) -> dict[str, Any]:

@@ -19,17 +19,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.e2e.dra_driver import DaemonFactory, grouped_daemon
-from tests.e2e.kube import (
-    Created,
-    claim_cpus,
-    claim_template,
-    container_process,
-    get,
-    template_claim_pod,
-    wait_for,
-    wait_running,
-)
+from tests.e2e.dra_driver import DaemonFactory
+from tests.e2e.enforcement import claim_cpus, claim_pod, start_daemon, template
+from tests.e2e.kube import Created, container_process, get, wait_for, wait_running
 from tests.e2e.rig import Rig
 from tests.support.sysfs_tree import SysfsSpec, write_tree
 
@@ -90,7 +82,7 @@ def test_offline_cpu_of_a_running_claim_shows_unhealthy_in_pod_status(
     tmp_path: Path,
 ) -> None:
     view = write_tree(tmp_path / "view", RIG_MACHINE)
-    daemon = grouped_daemon(dracpu_daemon_factory, kube, rig, sysfs_root=str(view))
+    daemon = start_daemon(dracpu_daemon_factory, kube, rig, sysfs_root=str(view))
     hotplug = wait_for(
         "uevent listener started",
         lambda: (h := daemon.status()["hotplug"])["state"] != "starting" and h,
@@ -99,9 +91,9 @@ def test_offline_cpu_of_a_running_claim_shows_unhealthy_in_pod_status(
     # The 1.37 kubelet chose the v1 health service from the announced ones.
     wait_for("kubelet watches health v1", lambda: WATCHING_V1 in daemon.log.read_text(), 20)
     tag = uuid.uuid4().hex[:6]
-    claim_template(created, f"e2e-{tag}")
+    template(created, f"e2e-{tag}")
     name = f"e2e-health-{tag}"
-    created.pod(template_claim_pod(rig, name, f"e2e-{tag}"))
+    created.pod(claim_pod(rig, name, f"e2e-{tag}"))
     pod = wait_running(kube, NS, name, timeout=90)
     uid, cpus = claim_cpus(kube, pod)
     cpu = int(cpus)
