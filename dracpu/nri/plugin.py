@@ -227,11 +227,18 @@ class NriPlugin:
         cancels running handler calls.
         """
         started = False
+        refused: tuple[int, int, int] | None = None
         while True:
             seen = self._socket_identity()
             try:
                 stream = await self._dial()
             except OSError as exc:
+                if isinstance(exc, ConnectionRefusedError) and seen is not None and seen != refused:
+                    # A runtime binds its socket before it listens: a new socket refusing is
+                    # tried once more shortly, not only after the rest of the backoff delay.
+                    refused = seen
+                    await trio.sleep(self._socket_poll)
+                    continue
                 await self._redial_sleep(self._retry.failed(f"cannot connect: {exc}"), seen)
                 continue
             reason = ""

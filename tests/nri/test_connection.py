@@ -340,18 +340,17 @@ async def test_a_socket_appearing_cuts_the_redial_delay_short(tmp_path: pathlib.
         backoff=Backoff(initial=60.0, maximum=60.0, jitter=0.0),
         socket_poll=0.05,
     )
-    with trio.fail_after(10):
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    with sock, trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(plugin.run)
             await trio.sleep(0.3)  # the first dial has failed: the next is 60 s away
-            sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
             await sock.bind(str(path))
             sock.listen(1)
             listening = trio.current_time()
             conn, _ = await sock.accept()
-            assert trio.current_time() - listening < 1.0
-            conn.close()
-            sock.close()
+            with conn:
+                assert trio.current_time() - listening < 1.0
             nursery.cancel_scope.cancel()
 
 
@@ -362,3 +361,29 @@ def test_plugin_identity_is_validated() -> None:
         NriPlugin(RecordingHandler(), index="5")
     with pytest.raises(InvalidValueError, match="events"):
         NriPlugin(RecordingHandler(), events={api.Event.VALIDATE_CONTAINER_ADJUSTMENT})
+
+
+async def test_a_new_socket_refusing_before_it_listens_is_dialled_again_soon(
+    tmp_path: pathlib.Path,
+) -> None:
+    """The runtime's bind-then-listen window: the plugin's dial is refused by a socket that is
+    not listening yet, and is tried again within ``socket_poll`` once, not after 60 s."""
+    path = tmp_path / "nri.sock"
+    plugin = NriPlugin(
+        RecordingHandler(),
+        socket_path=str(path),
+        backoff=Backoff(initial=60.0, maximum=60.0, jitter=0.0),
+        socket_poll=0.05,
+    )
+    sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
+    with sock, trio.fail_after(10):
+        await sock.bind(str(path))  # bound, not listening: connect() is refused
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(plugin.run)
+            await trio.sleep(0.02)  # the first dial is refused
+            sock.listen(1)
+            listening = trio.current_time()
+            conn, _ = await sock.accept()
+            with conn:
+                assert trio.current_time() - listening < 1.0
+            nursery.cancel_scope.cancel()
