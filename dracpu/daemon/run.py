@@ -47,7 +47,7 @@ from dracpu.core.cpuset import CpuSet
 from dracpu.core.memory_prepare import adopt_memory, memory_env
 from dracpu.core.memory_slices import MemoryDevice, MemorySliceOptions
 from dracpu.core.memory_slices import memory_devices as memory_devices_of
-from dracpu.core.slices import build_slice_specs
+from dracpu.core.slices import SliceOptions, build_devices, build_slice_specs
 from dracpu.core.topology import Topology
 from dracpu.daemon.claim_status import ClaimStatusWriter
 from dracpu.daemon.config import RunConfig, node_name
@@ -195,12 +195,19 @@ class Daemon:
     _counts_for: tuple[object, AllocationCounts] | None = None
     _attributes_for: tuple[object, dict[str, Any]] | None = None
 
-    def slice_specs(self, state: node.NodeState) -> list[dict[str, Any]]:
-        """The desired ResourceSlice specs for ``state``'s topology."""
+    def _slice_options(self, state: node.NodeState) -> SliceOptions:
+        """The slice model's options for ``state``'s node, hiding nothing."""
         options = state.config.slice_options(expose_pcie_roots=self.config.expose_pcie_roots)
         if self.config.publish_node_allocatable_resource_mapping:
             options = dataclasses.replace(options, node_allocatable_mapping=True)
-        options = dataclasses.replace(options, hidden=node.unaccounted_held(state))
+        return options
+
+    def slice_specs(self, state: node.NodeState) -> list[dict[str, Any]]:
+        """The desired ResourceSlice specs for ``state``: its topology, with the CPUs of claims
+        the devices do not stand for hidden (see :attr:`SliceOptions.hidden`)."""
+        options = dataclasses.replace(
+            self._slice_options(state), hidden=node.unaccounted_held(state)
+        )
         return build_slice_specs(state.topology, options)
 
     def republish(self, state: node.NodeState) -> None:
@@ -247,16 +254,14 @@ class Daemon:
         )
 
     def device_attributes(self, device: str) -> Mapping[str, Mapping[str, Any]]:
-        """A device's attributes in the published slice model (cached per node state)."""
+        """A device's attributes in the slice model (cached per topology: attributes do not
+        depend on the claims, so a prepare does not rebuild them)."""
         state = self.owner.state
         cached = self._attributes_for
-        if cached is None or cached[0] is not state:
-            table = {
-                d["name"]: d.get("attributes", {})
-                for spec in self.slice_specs(state)
-                for d in spec.get("devices", [])
-            }
-            cached = self._attributes_for = (state, table)
+        if cached is None or cached[0] is not state.topology:
+            devices = build_devices(state.topology, self._slice_options(state))
+            table = {d["name"]: d.get("attributes", {}) for d in devices}
+            cached = self._attributes_for = (state.topology, table)
         found: Mapping[str, Mapping[str, Any]] = cached[1].get(device, {})
         return found
 
