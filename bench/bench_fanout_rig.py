@@ -27,14 +27,14 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from dracpu.core.cpuset import CpuSet  # noqa: E402
 from tests.e2e.dra_driver import DracpuDaemon, daemon_argv  # noqa: E402
-from tests.e2e.enforcement import NS, claim_pod, new_tag, template  # noqa: E402
+from tests.e2e.enforcement import NS, claim_cpus, claim_pod, new_tag, template  # noqa: E402
 from tests.e2e.kube import (  # noqa: E402
     RESOURCE,
     Created,
     busybox_container,
     cgroup_cpuset,
-    get,
     kube_client,
     node_slices,
     pod_body,
@@ -103,22 +103,11 @@ def main() -> None:
             excl = f"bench-excl-{tag}"
             created.pod(claim_pod(rig, excl, f"bench-{tag}"))
             pod = wait_running(kube, NS, excl, timeout=90)
-            (st,) = pod["status"]["resourceClaimStatuses"]
-            claim = get(
-                kube, f"{RESOURCE}/namespaces/{NS}/resourceclaims/{st['resourceClaimName']}"
-            )
-            held = wait_for(
-                "claim CPUs in status",
-                lambda: next(
-                    (d["data"]["claimCpuset"] for d in claim_status(kube, claim) if d.get("data")),
-                    None,
-                ),
-                20,
-            )
+            _, held = claim_cpus(kube, pod)
             pinned = until(
                 "the claim container pinned", lambda: cgroup_cpuset(rig, pod, "c0") == held, 30
             )
-            pool = ",".join(c for c in whole_cpus(whole) if c != held)
+            pool = str(CpuSet.parse(whole) - CpuSet.parse(held))
             shrunk = until(f"all shared pods on {pool}", lambda: all_on(pool), 30)
             deleted = time.monotonic()
             kube.delete(f"/api/v1/namespaces/{NS}/pods/{excl}")
@@ -133,21 +122,6 @@ def main() -> None:
         f" pod's deletion (includes the kubelet stopping it and unpreparing the claim);"
         f" polled every {POLL * 1e3:.0f} ms"
     )
-
-
-def claim_status(kube: Any, claim: dict[str, Any]) -> list[dict[str, Any]]:
-    path = f"{RESOURCE}/namespaces/{NS}/resourceclaims/{claim['metadata']['name']}"
-    found: list[dict[str, Any]] = get(kube, path).get("status", {}).get("devices", [])
-    return found
-
-
-def whole_cpus(cpus: str) -> list[str]:
-    """``0-1`` -> ``["0", "1"]`` (the rig's pool is a small range)."""
-    out: list[str] = []
-    for part in cpus.split(","):
-        lo, _, hi = part.partition("-")
-        out.extend(str(c) for c in range(int(lo), int(hi or lo) + 1))
-    return out
 
 
 if __name__ == "__main__":

@@ -32,27 +32,19 @@ import trio  # noqa: E402
 from dracpu.daemon.config import RunConfig  # noqa: E402
 from dracpu.daemon.run import build_daemon, run_daemon  # noqa: E402
 from dracpu.uevents import open_uevent_socket, parse_uevent  # noqa: E402
-from tests.daemon.support import NODE, write_machine  # noqa: E402
+from tests.daemon.support import (  # noqa: E402
+    KERNEL_UEVENT,
+    NODE,
+    kernel_uevent,
+    set_online,
+    slice_cpus,
+    write_machine,
+)
 from tests.kube.fake_apiserver import FakeApiServer  # noqa: E402
 from tests.kube.fake_http import write_kubeconfig  # noqa: E402
 from tests.kube.waiting import wait_for  # noqa: E402
 
-KERNEL_UEVENT = Path("/sys/devices/system/cpu/cpu0/uevent")
 DEVICE = "cpudevnuma001"
-
-
-def capacity(fake: FakeApiServer) -> int | None:
-    for obj in fake.objects.get("resourceslices", {}).values():
-        for device in obj["spec"].get("devices", []):
-            if device["name"] == DEVICE:
-                return int(device["capacity"]["dra.cpu/cpu"]["value"])
-    return None
-
-
-def set_cpu5(root: Path, online: bool) -> None:
-    base = root / "sys" / "devices" / "system" / "cpu"
-    (base / "online").write_text("0-15\n" if online else "0-4,6-15\n")
-    (base / "cpu5" / "online").write_text("1\n" if online else "0\n")
 
 
 async def floor(rounds: int) -> list[float]:
@@ -62,7 +54,7 @@ async def floor(rounds: int) -> list[float]:
     with sock:
         for _ in range(rounds):
             began = time.perf_counter()
-            await trio.to_thread.run_sync(KERNEL_UEVENT.write_text, "change\n")
+            await trio.to_thread.run_sync(kernel_uevent)
             with trio.fail_after(5):
                 while True:
                     event = parse_uevent(await sock.recv(65536))
@@ -97,11 +89,11 @@ async def bench(root: Path, rounds: int) -> None:
         await wait_for(daemon.publisher.in_sync.is_set, 10)
         for i in range(rounds):
             online = i % 2 == 1
-            set_cpu5(root, online)
+            set_online(root, "0-15" if online else "0-4,6-15", cpu=5, online=online)
             want = 8 if online else 7
             began = time.perf_counter()
-            await trio.to_thread.run_sync(KERNEL_UEVENT.write_text, "change\n")
-            await wait_for(lambda want=want: capacity(fake) == want, 10)  # type: ignore[misc]
+            await trio.to_thread.run_sync(kernel_uevent)
+            await wait_for(lambda want=want: slice_cpus(fake, DEVICE) == want, 10)  # type: ignore[misc]
             took.append(time.perf_counter() - began)
             await trio.sleep(0.3)  # past the debounce window: one round, one batch
         nursery.cancel_scope.cancel()

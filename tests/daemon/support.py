@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import trio
 
+from tests.kube.fake_apiserver import FakeApiServer
 from tests.support.grpcio_protos import load_grpc_modules
 from tests.support.sysfs_tree import SysfsSpec, write_tree
 
@@ -150,3 +151,27 @@ async def kubelet_call(
             return stub.NodeUnprepareResources(request, timeout=TIMEOUT)
 
     return await trio.to_thread.run_sync(call)
+
+
+KERNEL_UEVENT = Path("/sys/devices/system/cpu/cpu0/uevent")
+"""Writing ``change`` here makes the kernel emit a real CPU uevent (root)."""
+
+
+def kernel_uevent() -> None:
+    KERNEL_UEVENT.write_text("change\n")
+
+
+def set_online(root: Path, cpulist: str, *, cpu: int, online: bool) -> None:
+    """Change the overlay: the global online list and the CPU's own ``online`` file."""
+    base = root / "sys" / "devices" / "system" / "cpu"
+    (base / "online").write_text(cpulist + "\n")
+    (base / f"cpu{cpu}" / "online").write_text("1\n" if online else "0\n")
+
+
+def slice_cpus(fake: FakeApiServer, device: str) -> int:
+    """The ``dra.cpu/cpu`` capacity of the published grouped ``device``."""
+    for obj in fake.objects.get("resourceslices", {}).values():
+        for d in obj["spec"].get("devices", []):
+            if d["name"] == device:
+                return int(d["capacity"]["dra.cpu/cpu"]["value"])
+    raise AssertionError(f"{device} not published")

@@ -19,13 +19,23 @@ from dracpu.core.cpuset import CpuSet
 from dracpu.daemon.health import device_health
 from dracpu.kubelet import Health
 from dracpu.logs import RecentLines
-from tests.daemon.support import NODE, GrpcioApi, claim, dra_api, grouped, short_dir, write_machine
+from tests.daemon.support import (
+    KERNEL_UEVENT,
+    NODE,
+    GrpcioApi,
+    claim,
+    dra_api,
+    grouped,
+    kernel_uevent,
+    set_online,
+    short_dir,
+    slice_cpus,
+    write_machine,
+)
 from tests.daemon.test_daemon import Running, start
 from tests.kube.fake_apiserver import FakeApiServer
 from tests.kube.fake_http import write_kubeconfig
 from tests.kube.waiting import wait_for
-
-KERNEL_UEVENT = Path("/sys/devices/system/cpu/cpu0/uevent")
 
 
 @pytest.fixture
@@ -124,27 +134,8 @@ async def test_claim_on_an_offline_cpu_is_reported_unhealthy(
     r.scope.cancel()
 
 
-def set_online(root: Path, cpulist: str, *, cpu: int, online: bool) -> None:
-    """Change the overlay: the global online list and the CPU's own ``online`` file."""
-    base = root / "sys" / "devices" / "system" / "cpu"
-    (base / "online").write_text(cpulist + "\n")
-    (base / f"cpu{cpu}" / "online").write_text("1\n" if online else "0\n")
-
-
-def slice_cpus(fake: FakeApiServer, device: str) -> int:
-    for obj in fake.objects.get("resourceslices", {}).values():
-        for d in obj["spec"].get("devices", []):
-            if d["name"] == device:
-                return int(d["capacity"]["dra.cpu/cpu"]["value"])
-    raise AssertionError(f"{device} not published")
-
-
 def pool_generation(fake: FakeApiServer) -> int:
     return max(o["spec"]["pool"]["generation"] for o in fake.objects["resourceslices"].values())
-
-
-def kernel_uevent() -> None:
-    KERNEL_UEVENT.write_text("change\n")
 
 
 @pytest.mark.skipif(
