@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import immutables
 
@@ -643,6 +643,19 @@ def _same_results(prepared: PreparedClaim, results: tuple[DeviceResult, ...]) ->
     return have == want
 
 
+_Fetched = TypeVar("_Fetched")
+
+
+def _fetched(ref: ClaimRef, fetched: _Fetched | str | None) -> _Fetched | ClaimFailed:
+    """What the kubelet's prepare fetched for one claim (the claim, or its memory results), or
+    the per-claim failure: not in the API, or the fetch's own error."""
+    if fetched is None:
+        return ClaimFailed(f"ResourceClaim {ref}: not found")
+    if isinstance(fetched, str):
+        return ClaimFailed(fetched)
+    return fetched
+
+
 def _prepare(state: NodeState, event: Prepare) -> tuple[NodeState, tuple[Effect, ...]]:
     claims = dict(state.claims)
     held = state.held
@@ -650,12 +663,9 @@ def _prepare(state: NodeState, event: Prepare) -> tuple[NodeState, tuple[Effect,
     new: list[PreparedClaim] = []
     ready: list[PreparedClaim] = []
     for ref in event.claims:
-        fetched = event.fetched.get(ref.uid)
-        if fetched is None:
-            results[ref.uid] = ClaimFailed(f"ResourceClaim {ref}: not found")
-            continue
-        if isinstance(fetched, str):
-            results[ref.uid] = ClaimFailed(fetched)
+        fetched = _fetched(ref, event.fetched.get(ref.uid))
+        if isinstance(fetched, ClaimFailed):
+            results[ref.uid] = fetched
             continue
         if fetched.uid != ref.uid or (fetched.namespace, fetched.name) != (ref.namespace, ref.name):
             results[ref.uid] = ClaimFailed(
@@ -1093,12 +1103,9 @@ def _prepare_memory(state: NodeState, event: PrepareMemory) -> tuple[NodeState, 
     new: list[MemoryAssignment] = []
     ready: list[MemoryAssignment] = []
     for ref in event.claims:
-        fetched = event.fetched.get(ref.uid)
-        if fetched is None:
-            results[ref.uid] = ClaimFailed(f"ResourceClaim {ref}: not found")
-            continue
-        if isinstance(fetched, str):
-            results[ref.uid] = ClaimFailed(fetched)
+        fetched = _fetched(ref, event.fetched.get(ref.uid))
+        if isinstance(fetched, ClaimFailed):
+            results[ref.uid] = fetched
             continue
         try:
             assignment = prepare_memory(
