@@ -45,6 +45,7 @@ __all__ = [
     "canonical_json",
     "decode",
     "encode",
+    "encode_canonical",
 ]
 
 FORMAT = "dracpu-checkpoint"
@@ -73,9 +74,18 @@ def canonical_json(body: Any) -> bytes:
 
 def encode(body: Mapping[str, Any]) -> bytes:
     """The file content for ``body`` (a JSON object)."""
-    digest = hashlib.sha256(canonical_json(body)).hexdigest()
-    doc = {"format": FORMAT, "version": FORMAT_VERSION, "sha256": digest, "body": body}
-    return canonical_json(doc) + b"\n"
+    return encode_canonical(canonical_json(body))
+
+
+def encode_canonical(body_json: bytes) -> bytes:
+    """The file content for a body given as ``canonical_json(body)``: the same bytes as
+    ``encode(body)`` (the document is canonical JSON too), with the body serialized once.
+
+    ``"body"`` sorts before the document's other keys, so the body's bytes go first as they are.
+    """
+    digest = hashlib.sha256(body_json).hexdigest()
+    rest = canonical_json({"format": FORMAT, "version": FORMAT_VERSION, "sha256": digest})
+    return b'{"body":' + body_json + b"," + rest[1:] + b"\n"
 
 
 def decode(data: bytes, *, path: str) -> dict[str, Any]:
@@ -197,7 +207,12 @@ class CheckpointStore:
         Raises :class:`CheckpointError` if the state dir cannot be written; the old file is
         then still intact. Synchronous: not interruptible by cancellation.
         """
-        data = encode(body)
+        self.write_canonical(canonical_json(body))
+
+    def write_canonical(self, body_json: bytes) -> None:
+        """:meth:`write` for a body already given as ``canonical_json(body)`` (the daemon's
+        owner keeps each claim's serialized form; see ``dracpu.daemon.snapshot_json``)."""
+        data = encode_canonical(body_json)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         try:
             self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

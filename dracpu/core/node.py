@@ -115,6 +115,8 @@ __all__ = [
     "claim_status_devices",
     "restore",
     "snapshot",
+    "snapshot_claim",
+    "snapshot_rest",
     "step",
     "unaccounted_held",
 ]
@@ -1177,30 +1179,40 @@ def snapshot(state: NodeState) -> dict[str, Any]:
     stored; the runtime's Synchronize rebuilds them). The shell adds versioning and a checksum.
     """
     return {
+        "claims": [snapshot_claim(c) for _, c in sorted(state.claims.items())],
+        **snapshot_rest(state),
+    }
+
+
+def snapshot_claim(claim: PreparedClaim) -> dict[str, Any]:
+    """One entry of ``snapshot(state)["claims"]``: a function of the claim alone, so a shell
+    that writes the checkpoint often can keep each claim's serialized form while it holds."""
+    return {
+        "uid": claim.ref.uid,
+        "namespace": claim.ref.namespace,
+        "name": claim.ref.name,
+        "cpus": str(claim.cpus),
+        "adopted": claim.adopted,
+        "devices": [
+            {
+                "request": d.request,
+                "pool": d.pool,
+                "device": d.device,
+                "cpus": str(d.cpus),
+                **({"shareID": d.share_id} if d.share_id else {}),
+            }
+            for d in claim.devices
+        ],
+    }
+
+
+def snapshot_rest(state: NodeState) -> dict[str, Any]:
+    """``snapshot(state)`` without ``claims``; every key of it sorts after ``"claims"``."""
+    return {
         "pool": state.config.pool,
         "mode": str(state.config.mode),
         "groupBy": str(state.config.group_by),
         "reserved": str(state.config.reserved),
-        "claims": [
-            {
-                "uid": c.ref.uid,
-                "namespace": c.ref.namespace,
-                "name": c.ref.name,
-                "cpus": str(c.cpus),
-                "adopted": c.adopted,
-                "devices": [
-                    {
-                        "request": d.request,
-                        "pool": d.pool,
-                        "device": d.device,
-                        "cpus": str(d.cpus),
-                        **({"shareID": d.share_id} if d.share_id else {}),
-                    }
-                    for d in c.devices
-                ],
-            }
-            for _, c in sorted(state.claims.items())
-        ],
         "memory": [assignment_to_json(a) for _, a in sorted(state.memory.items())],
     }
 

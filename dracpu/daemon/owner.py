@@ -40,6 +40,7 @@ import trio
 from dracpu.cdi import CdiDir
 from dracpu.checkpoint import CheckpointStore
 from dracpu.core import node
+from dracpu.daemon.snapshot_json import SnapshotJson
 from dracpu.errors import DracpuError
 from dracpu.memory_cdi import MemoryCdiDir
 
@@ -117,6 +118,7 @@ class Owner:
         self.on_checkpoint_written: Callable[[float], None] = lambda _: None
         """Called with the seconds of each successful checkpoint write (metrics; any thread)."""
         self.max_group = max_group
+        self._snapshot_json = SnapshotJson()
         self.times = EffectTimes()
         self._send, self._receive = trio.open_memory_channel[
             tuple[node.Event, trio.MemorySendChannel[Applied]]
@@ -209,9 +211,9 @@ class Owner:
 
     def _step_group(
         self, events: Sequence[node.Event]
-    ) -> tuple[node.NodeState, list[tuple[node.Effect, ...]], dict[str, Any] | None]:
+    ) -> tuple[node.NodeState, list[tuple[node.Effect, ...]], bytes | None]:
         """Step every event in order from the current state (pure); the checkpoint body of the
-        final state when any step asks for a checkpoint, else None."""
+        final state (canonical JSON) when any step asks for a checkpoint, else None."""
         state = self._state
         steps = []
         wants = False
@@ -219,13 +221,13 @@ class Owner:
             state, effects = node.step(state, event)
             steps.append(effects)
             wants = wants or any(isinstance(e, node.WriteCheckpoint) for e in effects)
-        return state, steps, node.snapshot(state) if wants else None
+        return state, steps, self._snapshot_json.encode(state) if wants else None
 
-    def _write_checkpoint(self, body: dict[str, Any]) -> str | None:
+    def _write_checkpoint(self, body_json: bytes) -> str | None:
         """Write the checkpoint; the error text, or None. Runs in a worker thread too."""
         t0 = time.perf_counter()
         try:
-            self.checkpoint.write(body)
+            self.checkpoint.write_canonical(body_json)
         except DracpuError as exc:
             _log.error("state change refused: %s", exc)
             return f"cannot persist the node state: {exc}"
