@@ -9,8 +9,8 @@ a failure whatever it delivered (counted in :meth:`Reflector.health`), so a prox
 every stream after one event cannot make it spin. After three failed resumes in a row it lists
 afresh, in case the server no longer knows the resourceVersion (its etcd was replaced or
 restored); only a watch that delivers events and lives the minimum lifetime resets the backoff.
-Its :attr:`Reflector.store` maps ``namespace/name`` to the newest object; ``on_change`` is
-called after every change so owners can react.
+Its :attr:`Reflector.store` maps ``namespace/name`` to the newest object, without its
+``metadata.managedFields``; ``on_change`` is called after every change so owners can react.
 
 Writers that have just stored an object can put the server's answer into the store at once with
 :meth:`Reflector.remember` (like client-go's mutation cache) so they do not act on an older copy
@@ -33,7 +33,7 @@ from dracpu.kube.client import JSON, KubeClient
 from dracpu.kube.errors import ApiStatusError, GoneError
 from dracpu.kube.resources import Resource
 
-__all__ = ["Change", "Reflector", "ReflectorHealth", "object_key"]
+__all__ = ["Change", "Reflector", "ReflectorHealth", "object_key", "without_managed_fields"]
 
 MIN_WATCH_LIFETIME = 1.0
 """A watch that ends sooner than this (seconds) counts as a failure and is retried with backoff."""
@@ -46,6 +46,19 @@ def object_key(obj: Mapping[str, Any]) -> str:
     meta = obj.get("metadata") or {}
     ns = meta.get("namespace")
     return f"{ns}/{meta.get('name')}" if ns else str(meta.get("name"))
+
+
+def without_managed_fields(obj: JSON) -> JSON:
+    """``obj`` without ``metadata.managedFields`` (a shallow copy; ``obj`` is not changed).
+
+    Nothing here reads them, and on a claim they are often larger than the rest of it; client-go
+    informers drop them the same way (``TransformStripManagedFields``). An update sent from such a
+    copy leaves the server's managed fields as they are.
+    """
+    meta = obj.get("metadata")
+    if not isinstance(meta, Mapping) or "managedFields" not in meta:
+        return obj
+    return {**obj, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
 
 
 def _rv_int(obj: Mapping[str, Any] | None) -> int | None:
@@ -135,6 +148,7 @@ class Reflector:
             self.on_change(change)
 
     def _apply(self, kind: str, obj: JSON) -> None:
+        obj = without_managed_fields(obj)
         key = object_key(obj)
         if kind == "DELETED" or (self.keep is not None and not self.keep(obj)):
             if self.store.pop(key, None) is not None:
@@ -159,7 +173,7 @@ class Reflector:
         fresh = {}
         for item in items:
             if self.keep is None or self.keep(item):
-                fresh[object_key(item)] = item
+                fresh[object_key(item)] = without_managed_fields(item)
         self.store = fresh
         self._notify(Change("RELISTED"))
 

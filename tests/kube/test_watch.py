@@ -140,3 +140,35 @@ async def test_repeated_resume_failures_fall_back_to_a_fresh_list(
         nursery.cancel_scope.cancel()
     assert 2 <= reflector.lists <= 4
     assert set(reflector.store) == {"b"}
+
+
+MANAGED = [{"manager": "kube-scheduler", "operation": "Update", "fieldsV1": {"f:status": {}}}]
+
+
+def managed_node(name: str, label: str = "x") -> dict[str, object]:
+    return {"metadata": {"name": name, "labels": {"l": label}, "managedFields": MANAGED}}
+
+
+async def test_the_store_keeps_objects_without_their_managed_fields() -> None:
+    """Listed, watched and remembered objects alike; the caller's own object is not changed."""
+    server = FakeApiServer()
+    server.put_object("nodes", managed_node("a"))
+    client, reflector, _ = make(server)
+    async with client, trio.open_nursery() as nursery:
+        nursery.start_soon(reflector.run)
+        await reflector.synced.wait()
+        assert reflector.store["a"]["metadata"] == {
+            k: v
+            for k, v in server.objects["nodes"]["a"]["metadata"].items()
+            if k != "managedFields"
+        }
+        server.put_object("nodes", managed_node("b"))
+        await wait_for(lambda: "b" in reflector.store)
+        assert "managedFields" not in reflector.store["b"]["metadata"]
+        answer = {**managed_node("c"), "kind": "Node"}
+        reflector.remember(answer)
+        assert "managedFields" not in reflector.store["c"]["metadata"]
+        assert answer["metadata"]["managedFields"] == MANAGED  # type: ignore[index]
+        assert reflector.store["c"]["kind"] == "Node"
+        nursery.cancel_scope.cancel()
+    assert "managedFields" in server.objects["nodes"]["a"]["metadata"]
