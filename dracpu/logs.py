@@ -85,21 +85,25 @@ class RepeatFilter(logging.Filter):
 
     Identity is (logger, level, message template, arguments). A suppressed run is reported on
     the next line that passes (``(N similar lines suppressed)``). After ``window`` seconds of
-    silence the count starts over. The table is bounded (oldest keys dropped first).
+    silence the count starts over. The table is bounded (oldest keys dropped first) and holds
+    a 64-bit hash of each identity, not its text: most lines name a claim or a container and
+    never repeat, and under churn the full keys made the table the largest thing the daemon
+    grew (about 0.5 KiB a line until it was full). Two identities with one hash would share a
+    count, which at most thins one line too many.
     """
 
     def __init__(
-        self, window: float = 600.0, max_keys: int = 4096, clock: Callable[[], float] = time.time
+        self, window: float = 600.0, max_keys: int = 1024, clock: Callable[[], float] = time.time
     ) -> None:
         super().__init__()
         self._window = window
         self._max_keys = max_keys
         self._clock = clock
-        self._seen: dict[tuple[object, ...], tuple[int, float]] = {}
+        self._seen: dict[int, tuple[int, float]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
-            key = (record.name, record.levelno, record.msg, repr(record.args))
+            key = hash((record.name, record.levelno, record.msg, repr(record.args)))
         except Exception:
             return True
         now = self._clock()
@@ -165,4 +169,6 @@ def configure_logging(
     root.setLevel(V(verbosity))
     for noisy in ("hpack", "h2", "httpcore", "hypercorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # httpx logs every API request at INFO; like client-go, show them from -v=6 on only.
+    logging.getLogger("httpx").setLevel(logging.NOTSET if verbosity >= 6 else logging.WARNING)
     return handler

@@ -86,3 +86,33 @@ def test_repeats_thin_out_then_reset() -> None:
     assert record.msg == "apiserver down: %s"
     other = logging.LogRecord("x", logging.WARNING, "f", 1, "apiserver down: %s", ("reset",), None)
     assert flt.filter(other)
+
+
+def test_api_requests_are_logged_from_v6_only(
+    capture: tuple[io.StringIO, list[logging.Handler]],
+) -> None:
+    """httpx logs each request at INFO; at -v=0 that would be a line per API call."""
+    stream, installed = capture
+    installed.append(configure_logging(0, LogFormat.TEXT, stream))
+    logging.getLogger("httpx").info("HTTP Request: GET https://api/x")
+    logging.getLogger("httpx").warning("a warning still shows")
+    assert "HTTP Request" not in stream.getvalue()
+    assert "a warning still shows" in stream.getvalue()
+    installed.append(configure_logging(6, LogFormat.TEXT, stream))
+    logging.getLogger("httpx").info("HTTP Request: GET https://api/y")
+    assert "https://api/y" in stream.getvalue()
+    logging.getLogger("httpx").setLevel(logging.NOTSET)
+
+
+def test_the_repeat_table_stays_small_under_lines_that_never_repeat() -> None:
+    """One line per claim (a new UID each time) must not grow the table past its bound."""
+    flt = RepeatFilter(max_keys=64)
+    for i in range(1000):
+        args = (f"claim-{i:06d}-{'x' * 200}",)
+        record = logging.LogRecord("x", logging.INFO, "f", 1, "prepared %s", args, None)
+        assert flt.filter(record)
+    assert len(flt._seen) <= 65
+    assert all(isinstance(k, int) for k in flt._seen)
+    again = logging.LogRecord("x", logging.INFO, "f", 1, "prepared %s", (args[0],), None)
+    assert flt.filter(again)
+    assert again.msg.endswith("(again)")
