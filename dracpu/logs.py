@@ -83,7 +83,8 @@ class _JsonFormatter(logging.Formatter):
 class RepeatFilter(logging.Filter):
     """Thin out identical lines: the 1st, 2nd, 4th, 8th ... occurrence within ``window`` s.
 
-    Identity is (logger, level, message template, arguments). A suppressed run is reported on
+    Identity is (logger, level, message template, arguments, structured fields): "claim
+    prepared" for two claims is two lines, not a repeat. A suppressed run is reported on
     the next line that passes (``(N similar lines suppressed)``). After ``window`` seconds of
     silence the count starts over. The table is bounded (oldest keys dropped first) and holds
     a 64-bit hash of each identity, not its text: most lines name a claim or a container and
@@ -103,7 +104,8 @@ class RepeatFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
-            key = hash((record.name, record.levelno, record.msg, repr(record.args)))
+            fields_ = getattr(record, _FIELDS, None)
+            key = hash((record.name, record.levelno, record.msg, repr(record.args), repr(fields_)))
         except Exception:
             return True
         now = self._clock()

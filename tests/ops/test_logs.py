@@ -116,3 +116,17 @@ def test_the_repeat_table_stays_small_under_lines_that_never_repeat() -> None:
     again = logging.LogRecord("x", logging.INFO, "f", 1, "prepared %s", (args[0],), None)
     assert flt.filter(again)
     assert again.msg.endswith("(again)")
+
+
+def test_lines_about_different_claims_are_not_repeats() -> None:
+    """The claim is a structured field, not an argument: each claim's line must pass."""
+    flt = RepeatFilter()
+    for uid in ("a", "b", "c", "d"):
+        record = logging.LogRecord("x", logging.INFO, "f", 1, "claim prepared", (), None)
+        record.__dict__.update(fields(claim=uid))
+        assert flt.filter(record), uid
+        assert record.msg == "claim prepared"
+    same = logging.LogRecord("x", logging.INFO, "f", 1, "claim prepared", (), None)
+    same.__dict__.update(fields(claim="d"))
+    assert flt.filter(same)
+    assert same.msg.endswith("(again)")
