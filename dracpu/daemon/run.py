@@ -651,13 +651,15 @@ def build_daemon(
     memory_cdi = MemoryCdiDir(config.cdi_dir)
     state, kind = load_state(topology, node_config, store, cdi, memory_cdi)
     fixed_memory = memory_cdi.reconcile(
-        {uid: memory_env(a) for uid, a in state.memory.items() if a.grants}
+        {uid: tuple(memory_env(a)) for uid, a in state.memory.items() if a.grants}
     )
-    if fixed_memory.written or fixed_memory.removed:
+    if fixed_memory.written or fixed_memory.removed or fixed_memory.strays:
         _log.info(
-            "memory CDI specs reconciled: %d rewritten, %d orphan(s) removed",
+            "memory CDI specs reconciled: %d rewritten, %d orphan(s) removed, "
+            "%d stray temp file(s)",
             len(fixed_memory.written),
             len(fixed_memory.removed),
+            len(fixed_memory.strays),
         )
     fixed = cdi.reconcile({uid: c.cpus for uid, c in state.claims.items() if c.cpus})
     if fixed.written or fixed.removed or fixed.strays:
