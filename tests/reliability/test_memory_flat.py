@@ -1,7 +1,8 @@
 """Churn keeps dracpu's memory flat: nothing is kept per claim once it is unprepared.
 
 The daemon's prepare path (the handler, the owner with its durable checkpoint, CDI specs, the
-claim watch cache and the claim status writer against the fake API server over its transport)
+claim watch cache and the claim status writer against the fake API server over its transport),
+the pod's container created and removed (the pinning policy, as NRI's events drive it)
 and its logging (the repeat filter and the in-memory ring, as ``dracpu run`` sets them up) run
 warm-up cycles until every bounded table is full, then many more prepare + unprepare cycles of
 new claims (a new UID and name each, as pods from a ResourceClaimTemplate bring). tracemalloc
@@ -19,6 +20,9 @@ from pathlib import Path
 
 import trio
 
+from dracpu.core import node
+from dracpu.core.cdi import env_entry
+from dracpu.core.pinning import ContainerInfo, PodInfo
 from dracpu.core.slices import DeviceMode
 from dracpu.daemon.config import RunConfig
 from dracpu.daemon.run import build_daemon
@@ -83,7 +87,15 @@ async def test_prepare_unprepare_churn_keeps_memory_flat(tmp_path: Path) -> None
             fake.put_object("resourceclaims", claim(uid, [individual("r", "cpudev003")]))
             ref = kh.ClaimRef("ns", f"claim-{uid}", uid)
             got = await handler.prepare([ref])
-            assert isinstance(got[uid], kh.ClaimPrepared), got[uid]
+            prepared = got[uid]
+            assert isinstance(prepared, kh.ClaimPrepared), got[uid]
+            # The pod's container, as NRI reports it: created with the CDI env, then removed.
+            cpus = daemon.owner.state.claims[uid].cpus
+            pod = PodInfo(f"pod-{n}", "ns", f"pod-{n}")
+            info = ContainerInfo(pod, f"ctr-{n}", "app", env=(env_entry(uid, cpus),))
+            created = await daemon.owner.apply(node.ContainerCreated(info))
+            assert isinstance(created.reply, node.AdjustContainer), created
+            await daemon.owner.apply(node.ContainerRemoved(info.id))
             assert not isinstance((await handler.unprepare([ref]))[uid], kh.ClaimFailed)
             fake.remove_object("resourceclaims", f"ns/claim-{uid}")
             fake.log.clear()  # the fake's own watch history, not dracpu's
