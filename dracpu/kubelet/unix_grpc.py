@@ -37,6 +37,7 @@ import grpclib.server
 import trio
 from grpclib.protocol import EventsProcessor, H2Protocol
 from h2.settings import SettingCodes
+from h2.utilities import SizeLimitDict
 
 from dracpu.backoff import Backoff
 from dracpu.errors import InvalidValueError
@@ -359,6 +360,30 @@ class _Handler(grpclib.server.Handler):
             self._cancelled.add(task)
 
 
+CLOSED_STREAMS_KEPT = 1024
+"""How many closed streams a connection remembers (h2 keeps 65,536 by default).
+
+h2 remembers how each closed stream ended, so a frame still in flight after a reset is not
+mistaken for a protocol error. The kubelet keeps one connection to the plugin for the node's
+life and opens a stream per call (two per pod), so the default table grew by about 165 bytes a
+call up to some 10 MiB per connection: the RSS creep the churn bench showed. A late frame
+arrives within moments of the close, well inside the last 1,024 streams (the server allows 100
+at once)."""
+
+
+def _forget_old_closed_streams(h2_connection: Any) -> None:
+    """Bound h2's table of closed streams to :data:`CLOSED_STREAMS_KEPT` entries.
+
+    h2 4.x (``h2.utilities.SizeLimitDict``, sized from ``MAX_CLOSED_STREAMS`` when the connection
+    is made) has no public setter; ``tests/kubelet/test_hardening.py`` fails if that changes.
+    """
+    table = getattr(h2_connection, "_closed_streams", None)
+    if isinstance(table, SizeLimitDict):
+        h2_connection._closed_streams = SizeLimitDict(table, size_limit=CLOSED_STREAMS_KEPT)
+    else:
+        _log.warning("h2 has no closed-stream table to bound (%s); memory may creep", type(table))
+
+
 class _GuardedProtocol(H2Protocol):
     """grpclib's HTTP/2 protocol with :class:`_GuardedProcessor` and our stream limit."""
 
@@ -375,6 +400,7 @@ class _GuardedProtocol(H2Protocol):
         h2_connection.update_settings(
             {SettingCodes.MAX_CONCURRENT_STREAMS: self._limits.max_concurrent_streams}
         )
+        _forget_old_closed_streams(h2_connection)
         self.connection.flush()
 
     def open_streams(self) -> int:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import grpc
 import grpclib.protocol
+import h2.connection
 import h2.settings
 import pytest
 import trio
@@ -33,7 +34,7 @@ from dracpu.kubelet import (
 from dracpu.kubelet.aio_bridge import current_loop, open_loop
 from dracpu.kubelet.ratelog import RateLimitedLog
 from dracpu.kubelet.registration import RegistrationService, RegistrationStatusBoard
-from dracpu.kubelet.unix_grpc import serve_unix_grpc
+from dracpu.kubelet.unix_grpc import CLOSED_STREAMS_KEPT, serve_unix_grpc
 from tests.kubelet.conftest import GrpcioApi, RecordingHandler
 from tests.support.h2raw import (
     GET_INFO,
@@ -430,3 +431,35 @@ def test_rate_limited_log_drops_repeats_and_counts_them(caplog: pytest.LogCaptur
         "another fault",
         "bad request 5 (4 more like it not logged)",
     ]
+
+
+def _server_h2_tables() -> list[int]:
+    """How many closed streams each server-side h2 connection of this process remembers."""
+    gc.collect()
+    return [
+        len(o._closed_streams)
+        for o in gc.get_objects()
+        if isinstance(o, h2.connection.H2Connection) and not o.config.client_side
+    ]
+
+
+async def test_a_long_lived_connection_forgets_old_closed_streams(
+    served: Served, dra_v1: GrpcioApi
+) -> None:
+    """The kubelet's one connection, one stream per call: h2's record of closed streams stays
+    bounded (its default, 65,536, grew the daemon by about 165 bytes a call)."""
+    calls = CLOSED_STREAMS_KEPT + 300
+
+    def run() -> list[int]:
+        with grpc.insecure_channel(f"unix://{served.dra}") as channel:
+            stub = dra_v1.grpc.DRAPluginStub(channel)
+            request = dra_v1.pb2.NodePrepareResourcesRequest(
+                claims=[dra_v1.pb2.Claim(namespace="ns", name="c", uid="u1")]
+            )
+            for _ in range(calls):
+                stub.NodePrepareResources(request, timeout=TIMEOUT)
+            return _server_h2_tables()
+
+    tables = await trio.to_thread.run_sync(run)
+    assert tables, "no server-side h2 connection found"
+    assert max(tables) == CLOSED_STREAMS_KEPT, tables
