@@ -56,7 +56,6 @@ class CdiDir(SpecDir[CpuSet]):
         """The spec of claim ``uid`` on CPUs ``value`` (upstream's form)."""
         return spec_document(uid, value)
 
-    def value_of(self, uid: str, doc: Any, origin: str) -> CpuSet | None:
+    def value_of(self, uid: str, env: tuple[str, ...], origin: str) -> CpuSet | None:
         """The CPUs the spec's ``DRA_CPUSET_<uid>`` env entry names (None: no such entry)."""
-        env = doc["devices"][0]["containerEdits"]["env"]
-        return parse_env([e for e in env if isinstance(e, str)], origin=origin).get(uid)
+        return parse_env(env, origin=origin).get(uid)

@@ -2,7 +2,7 @@
 
 :class:`SpecDir` is the file handling both drivers share (``dra.cpu``'s specs in
 :mod:`dracpu.cdi`, ``dra.memory``'s in :mod:`dracpu.memory_cdi`); a subclass says what a spec
-holds: the file name prefix, the document for a value, and the value read back from a document.
+holds: the file name prefix, the document for a value, and the value its env entries name.
 Only files named with the subclass's prefix are touched, so the two drivers (and the CDI
 library's own ``spec.*.tmp`` writes) share the directory safely.
 
@@ -62,6 +62,8 @@ class SpecDir(Generic[V]):
     """The specs of one driver in the CDI directory (``--cdi-dir``), one per claim UID.
 
     Subclasses set :attr:`file_prefix` and implement :meth:`document` and :meth:`value_of`.
+    A spec holds one device whose container edits are env entries only, so reading one back is
+    reading that env.
     """
 
     file_prefix: str
@@ -77,9 +79,9 @@ class SpecDir(Generic[V]):
         """The JSON-ready spec of claim ``uid`` holding ``value``."""
         raise NotImplementedError
 
-    def value_of(self, uid: str, doc: Any, origin: str) -> V | None:
-        """The value a spec document read back holds, or None when it is not one of ours.
-        May raise ValueError, KeyError, IndexError or TypeError for a malformed document."""
+    def value_of(self, uid: str, env: tuple[str, ...], origin: str) -> V | None:
+        """The value the env entries of claim ``uid``'s spec hold, or None when they are not
+        ours. May raise ValueError for a malformed entry."""
         raise NotImplementedError
 
     def path(self, uid: str) -> Path:
@@ -154,7 +156,8 @@ class SpecDir(Generic[V]):
     def _read(self, uid: str) -> V | None:
         path = self.path(uid)
         try:
-            return self.value_of(uid, json.loads(path.read_bytes()), str(path))
+            env = json.loads(path.read_bytes())["devices"][0]["containerEdits"]["env"]
+            return self.value_of(uid, tuple(e for e in env if isinstance(e, str)), str(path))
         except (OSError, ValueError, KeyError, IndexError, TypeError):
             return None
 

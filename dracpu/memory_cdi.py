@@ -15,14 +15,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from dracpu.cdi_dir import Reconciled, SpecDir
+from dracpu.cdi_dir import SpecDir
 from dracpu.core.cdi import CDI_SPEC_VERSION
 from dracpu.core.memory_prepare import CDI_CLASS, CDI_KIND, CDI_VENDOR, cdi_device_name
 
-__all__ = ["MemoryCdiDir", "MemoryReconciled", "memory_spec_document"]
-
-MemoryReconciled = Reconciled
-"""What :meth:`MemoryCdiDir.reconcile` changed (the same record as the CPU specs')."""
+__all__ = ["MemoryCdiDir", "memory_spec_document"]
 
 
 def memory_spec_document(uid: str, env: Sequence[str]) -> dict[str, Any]:
@@ -43,7 +40,6 @@ class MemoryCdiDir(SpecDir[tuple[str, ...]]):
         """The spec of claim ``uid`` whose env is ``value``."""
         return memory_spec_document(uid, value)
 
-    def value_of(self, uid: str, doc: Any, origin: str) -> tuple[str, ...] | None:
-        """The env entries the spec holds."""
-        env = doc["devices"][0]["containerEdits"]["env"]
-        return tuple(e for e in env if isinstance(e, str))
+    def value_of(self, uid: str, env: tuple[str, ...], origin: str) -> tuple[str, ...] | None:
+        """The env entries themselves (``DRAMEMORY_*``)."""
+        return env
