@@ -650,25 +650,23 @@ def build_daemon(
     cdi = CdiDir(config.cdi_dir)
     memory_cdi = MemoryCdiDir(config.cdi_dir)
     state, kind = load_state(topology, node_config, store, cdi, memory_cdi)
-    fixed_memory = memory_cdi.reconcile(
-        {uid: tuple(memory_env(a)) for uid, a in state.memory.items() if a.grants}
-    )
-    if fixed_memory.written or fixed_memory.removed or fixed_memory.strays:
-        _log.info(
-            "memory CDI specs reconciled: %d rewritten, %d orphan(s) removed, "
-            "%d stray temp file(s)",
-            len(fixed_memory.written),
-            len(fixed_memory.removed),
-            len(fixed_memory.strays),
-        )
-    fixed = cdi.reconcile({uid: c.cpus for uid, c in state.claims.items() if c.cpus})
-    if fixed.written or fixed.removed or fixed.strays:
-        _log.info(
-            "CDI specs reconciled: %d rewritten, %d orphan(s) removed, %d stray temp file(s)",
-            len(fixed.written),
-            len(fixed.removed),
-            len(fixed.strays),
-        )
+    for what, fixed in (
+        (
+            "memory CDI specs",
+            memory_cdi.reconcile(
+                {uid: tuple(memory_env(a)) for uid, a in state.memory.items() if a.grants}
+            ),
+        ),
+        ("CDI specs", cdi.reconcile({uid: c.cpus for uid, c in state.claims.items() if c.cpus})),
+    ):
+        if fixed.written or fixed.removed or fixed.strays:
+            _log.info(
+                "%s reconciled: %d rewritten, %d orphan(s) removed, %d stray temp file(s)",
+                what,
+                len(fixed.written),
+                len(fixed.removed),
+                len(fixed.strays),
+            )
     _log.info(
         "node %s: %d CPUs online, %d claim(s) prepared (%s), shared pool %s",
         name,
