@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import statistics
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.figures import ms  # noqa: E402
 from dracpu.checkpoint import CheckpointStore, encode, encode_canonical  # noqa: E402
 from dracpu.core import node  # noqa: E402
 from dracpu.core.slices import DeviceMode, GroupBy  # noqa: E402
@@ -48,12 +48,6 @@ def held_state(count: int) -> node.NodeState:
         state, _, results = prepare(state, parsed(uid, [grouped(devices[i % len(devices)], 1)]))
         assert isinstance(results[uid], node.ClaimPrepared), results[uid]
     return state
-
-
-def quantiles(samples: list[float]) -> str:
-    ordered = sorted(samples)
-    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
-    return f"p50 {statistics.median(ordered) * 1000:.3f} ms, p99 {p99 * 1000:.3f} ms"
 
 
 def main() -> int:
@@ -89,8 +83,8 @@ def main() -> int:
                 store.write_canonical(body_json)
                 write.append(time.perf_counter() - t)
             print(
-                f"{count:5d} claims held ({size / 1024:.0f} KiB): full {quantiles(full)}; "
-                f"memo {quantiles(memo)}; durable write {quantiles(write)}",
+                f"{count:5d} claims held ({size / 1024:.0f} KiB): full {ms(full, 3)}; "
+                f"memo {ms(memo, 3)}; durable write {ms(write, 3)}",
                 flush=True,
             )
     return 0

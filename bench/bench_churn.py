@@ -57,6 +57,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.figures import ms, pct  # noqa: E402
 from tests.e2e.dra_driver import DracpuDaemon, daemon_argv  # noqa: E402
 from tests.e2e.kube import (  # noqa: E402
     RESOURCE,
@@ -77,19 +78,6 @@ POD_TIMEOUT = 180.0
 
 
 # ------------------------------------------------------------------------------ figures
-def pct(values: list[float], q: float) -> float:
-    """The ``q`` quantile (nearest rank) of ``values``; NaN when empty."""
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def ms(values: list[float]) -> str:
-    """``p50 X ms, p99 Y ms`` of ``values`` in seconds."""
-    return f"p50 {1000 * pct(values, 0.5):.1f} ms, p99 {1000 * pct(values, 0.99):.1f} ms"
-
-
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
