@@ -41,9 +41,14 @@ EncoderMachine.TestCase.settings = settings(
 TestEncoderMachine = EncoderMachine.TestCase
 
 
-def test_the_document_is_the_same_bytes_as_encode(tmp_path: Path) -> None:
+def _empty_node() -> node.NodeState:
+    """12 CPUs on 2 NUMA nodes, nothing held."""
     topology = make_topology(sockets=1, numa_per_socket=2, cores_per_numa=3, threads=2)
-    state = node.NodeState.initial(topology, node.NodeConfig(pool="node-1"))
+    return node.NodeState.initial(topology, node.NodeConfig(pool="node-1"))
+
+
+def test_the_document_is_the_same_bytes_as_encode(tmp_path: Path) -> None:
+    state = _empty_node()
     for uid, count in (("a", 2), ("b", 1), ("c", 3)):
         state, _, _ = prepare(state, parsed(uid, [grouped("cpudevnuma001", count)]))
     assert len(state.claims) == 3
@@ -55,8 +60,7 @@ def test_the_document_is_the_same_bytes_as_encode(tmp_path: Path) -> None:
 
 
 def test_the_memo_keeps_only_the_claims_of_the_last_state() -> None:
-    topology = make_topology(sockets=1, numa_per_socket=2, cores_per_numa=3, threads=2)
-    state = node.NodeState.initial(topology, node.NodeConfig(pool="node-1"))
+    state = _empty_node()
     encoder = SnapshotJson()
     for i in range(4):
         state, _, _ = prepare(state, parsed(f"u{i}", [grouped("cpudevnuma000", 1)]))
@@ -68,8 +72,7 @@ def test_the_memo_keeps_only_the_claims_of_the_last_state() -> None:
 
 def test_a_claim_replaced_under_the_same_uid_is_serialized_again() -> None:
     """Adoption teaches a claim its name and devices: same UID, a new claim object."""
-    topology = make_topology(sockets=1, numa_per_socket=2, cores_per_numa=3, threads=2)
-    state = node.NodeState.initial(topology, node.NodeConfig(pool="node-1"))
+    state = _empty_node()
     state, _, _ = prepare(state, parsed("u1", [grouped("cpudevnuma000", 2)]))
     encoder = SnapshotJson()
     before = encoder.encode(state)

@@ -28,10 +28,9 @@ from dracpu.daemon.config import RunConfig
 from dracpu.daemon.run import build_daemon
 from dracpu.kubelet import handler as kh
 from dracpu.logs import RecentLines, configure_logging
-from tests.daemon.support import NODE, claim, individual
+from tests.daemon.support import NODE, claim, individual, write_machine
 from tests.kube.fake_apiserver import FakeApiServer
 from tests.kube.fake_http import write_kubeconfig
-from tests.support.sysfs_tree import SysfsSpec, write_tree
 
 WARM_UP = 600  # 1,200 lines: past the repeat filter's 1,024 keys and the 200-line ring
 MEASURED = 400
@@ -60,7 +59,7 @@ def _total(snapshot: tracemalloc.Snapshot) -> int:
 
 
 async def test_prepare_unprepare_churn_keeps_memory_flat(tmp_path: Path) -> None:
-    write_tree(tmp_path, SysfsSpec(sockets=1, numa_per_socket=1, cores_per_numa=8, threads=2))
+    write_machine(tmp_path)
     write_kubeconfig(tmp_path / "kubeconfig", 1)
     fake = FakeApiServer()
     fake.put_object("nodes", {"metadata": {"name": NODE}})
