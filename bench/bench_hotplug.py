@@ -29,13 +29,13 @@ sys.path.insert(0, str(REPO))
 
 import trio  # noqa: E402
 
-from dracpu.daemon.config import RunConfig  # noqa: E402
 from dracpu.daemon.run import build_daemon, run_daemon  # noqa: E402
 from dracpu.uevents import open_uevent_socket, parse_uevent  # noqa: E402
 from tests.daemon.support import (  # noqa: E402
     KERNEL_UEVENT,
     NODE,
     kernel_uevent,
+    run_config,
     set_online,
     slice_cpus,
     write_machine,
@@ -69,12 +69,8 @@ async def bench(root: Path, rounds: int) -> None:
     write_kubeconfig(root / "kubeconfig", 1)
     fake = FakeApiServer()
     fake.put_object("nodes", {"metadata": {"name": NODE}})
-    config = RunConfig(
-        sysfs_root=root / "sys",
-        kubelet_root_dir=root / "kubelet",
-        cdi_dir=root / "cdi",
-        state_dir=root / "state",
-        kubeconfig=str(root / "kubeconfig"),
+    config = run_config(
+        root,
         nri_socket=root / "nri.sock",
         cgroup_root=root / "cgroup",
         bind_address="127.0.0.1:0",

@@ -29,11 +29,10 @@ import httpx  # noqa: E402
 import trio  # noqa: E402
 
 from dracpu.core.slices import DeviceMode  # noqa: E402
-from dracpu.daemon.config import RunConfig  # noqa: E402
 from dracpu.daemon.run import build_daemon  # noqa: E402
 from dracpu.kubelet import handler as kh  # noqa: E402
 from dracpu.ops.http import serve_endpoint  # noqa: E402
-from tests.daemon.support import NODE, claim, individual  # noqa: E402
+from tests.daemon.support import NODE, claim, individual, run_config  # noqa: E402
 from tests.kube.fake_apiserver import FakeApiServer  # noqa: E402
 from tests.kube.fake_http import write_kubeconfig  # noqa: E402
 from tests.support.sysfs_tree import SysfsSpec, write_tree  # noqa: E402
@@ -51,12 +50,8 @@ async def bench(root: Path, claims: int, scrapes: int) -> None:
     write_kubeconfig(root / "kubeconfig", 1)
     fake = FakeApiServer()
     fake.put_object("nodes", {"metadata": {"name": NODE}})
-    config = RunConfig(
-        sysfs_root=root / "sys",
-        kubelet_root_dir=root / "kubelet",
-        cdi_dir=root / "cdi",
-        state_dir=root / "state",
-        kubeconfig=str(root / "kubeconfig"),
+    config = run_config(
+        root,
         cpu_device_mode=DeviceMode.INDIVIDUAL,
         bind_address="127.0.0.1:0",
     )

@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 import trio
 
+from dracpu.daemon.config import RunConfig
 from tests.kube.fake_apiserver import FakeApiServer
 from tests.support.grpcio_protos import load_grpc_modules
 from tests.support.sysfs_tree import SysfsSpec, write_tree
@@ -74,6 +75,19 @@ def short_dir(prefix: str) -> Iterator[Path]:
 
 def write_machine(base: Path) -> Path:
     return write_tree(base, MACHINE)
+
+
+def run_config(root: Path, **overrides: Any) -> RunConfig:
+    """``dracpu run``'s configuration for a node under ``root``: its sysfs, kubelet, CDI and
+    state dirs and its kubeconfig there; ``overrides`` set any other field."""
+    return RunConfig(
+        sysfs_root=root / "sys",
+        kubelet_root_dir=root / "kubelet",
+        cdi_dir=root / "cdi",
+        state_dir=root / "state",
+        kubeconfig=str(root / "kubeconfig"),
+        **overrides,
+    )
 
 
 def claim(

@@ -17,7 +17,6 @@ from dracpu.cdi import CdiDir
 from dracpu.checkpoint import CheckpointStore
 from dracpu.core.cpuset import CpuSet
 from dracpu.core.slices import DeviceMode, GroupBy
-from dracpu.daemon.config import RunConfig
 from dracpu.daemon.run import Daemon, build_daemon, run_daemon
 from dracpu.daemon.status import read_status
 from tests.daemon.support import (
@@ -29,6 +28,7 @@ from tests.daemon.support import (
     individual,
     kubelet_call,
     opaque,
+    run_config,
     short_dir,
     write_machine,
 )
@@ -69,12 +69,8 @@ class Running:
 async def start(
     nursery: trio.Nursery, root: Path, fake: FakeApiServer, **overrides: Any
 ) -> Running:
-    config = RunConfig(
-        sysfs_root=root / "sys",
-        kubelet_root_dir=root / "kubelet",
-        cdi_dir=root / "cdi",
-        state_dir=root / "state",
-        kubeconfig=str(root / "kubeconfig"),
+    config = run_config(
+        root,
         nri_socket=overrides.pop("nri_socket", root / "nri.sock"),
         cgroup_root=overrides.pop("cgroup_root", root / "cgroup"),
         release_grace_period=overrides.pop("release_grace_period", 0.0),

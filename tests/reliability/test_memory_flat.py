@@ -24,11 +24,10 @@ from dracpu.core import node
 from dracpu.core.cdi import env_entry
 from dracpu.core.pinning import ContainerInfo, PodInfo
 from dracpu.core.slices import DeviceMode
-from dracpu.daemon.config import RunConfig
 from dracpu.daemon.run import build_daemon
 from dracpu.kubelet import handler as kh
 from dracpu.logs import RecentLines, configure_logging
-from tests.daemon.support import NODE, claim, individual, write_machine
+from tests.daemon.support import NODE, claim, individual, run_config, write_machine
 from tests.kube.fake_apiserver import FakeApiServer
 from tests.kube.fake_http import write_kubeconfig
 
@@ -63,14 +62,7 @@ async def test_prepare_unprepare_churn_keeps_memory_flat(tmp_path: Path) -> None
     write_kubeconfig(tmp_path / "kubeconfig", 1)
     fake = FakeApiServer()
     fake.put_object("nodes", {"metadata": {"name": NODE}})
-    config = RunConfig(
-        sysfs_root=tmp_path / "sys",
-        kubelet_root_dir=tmp_path / "kubelet",
-        cdi_dir=tmp_path / "cdi",
-        state_dir=tmp_path / "state",
-        kubeconfig=str(tmp_path / "kubeconfig"),
-        cpu_device_mode=DeviceMode.INDIVIDUAL,
-    )
+    config = run_config(tmp_path, cpu_device_mode=DeviceMode.INDIVIDUAL)
     root = logging.getLogger()
     level, handlers = root.level, list(root.handlers)
     for other in handlers:  # pytest's log capture keeps every record: not the daemon's memory
