@@ -379,19 +379,15 @@ def _alive(pid: int) -> bool:
 
 
 def stop_apiserver(rig: Rig) -> None:
+    """SIGTERM, 30 s to exit, then SIGKILL and 10 s more."""
     pid = int(rig.pid_file("kube-apiserver").read_text())
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    for _ in range(300):
-        if not _alive(pid):
-            return
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    for _ in range(100):
-        if not _alive(pid):
-            return
-        time.sleep(0.1)
+    for sig, tries in ((signal.SIGTERM, 300), (signal.SIGKILL, 100)):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        for _ in range(tries):
+            if not _alive(pid):
+                return
+            time.sleep(0.1)
 
 
 def start_apiserver(rig: Rig) -> None:
