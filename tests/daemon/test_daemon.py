@@ -327,9 +327,11 @@ async def test_claim_adopted_from_cdi_and_gone_loses_its_metadata(
     await trio.sleep(0.05)
     (root / "state" / "checkpoint.json").unlink()
     fake.remove_object("resourceclaims", "ns/claim-u1")
-    r2 = await start(nursery, root, fake, release_grace_period=0.1)
+    # The grace period must outlast start(): u1 is released once it ends (0.1 s lost that race
+    # on a loaded machine, and the adopted claim was gone before it was looked at).
+    r2 = await start(nursery, root, fake, release_grace_period=2.0)
     assert r2.daemon.owner.state.claims["u1"].ref.name == ""
-    await wait_for(lambda: r2.daemon.recovery_done, 5)
+    await wait_for(lambda: r2.daemon.recovery_done, 10)
     assert r2.daemon.released_at_start == ("u1",)
     assert _metadata(root) == ({"ns_claim-u2"}, {"u2"})
     r2.scope.cancel()
